@@ -1,0 +1,1 @@
+"""Task heads that take encoder tokens (segmentation, detection), added by the task issues."""

@@ -1,0 +1,32 @@
+"""Model registry: a dict from name to a function that builds the model (timm's `register_model` idea)."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register `fn` under its own name; `create_model(fn.__name__, **kw)` then calls it."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style `pattern`, sorted."""
+    return sorted(fnmatch.filter(_MODELS, pattern))
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; keyword arguments override its config (num_classes, img_size, ...)."""
+    if name not in _MODELS:
+        near = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models()"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    return _MODELS[name](**kwargs)

@@ -1,0 +1,32 @@
+"""vitkit's shared transformer core: one attention, one MLP, one encoder and one decoder block, and the
+patch/position embeddings. Imports only torch."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from torch import nn
+
+from .attention import Attention, KVCache, causal_mask, padding_mask
+from .blocks import DecoderBlock, DropPath, EncoderBlock, LayerScale, Mlp
+from .embed import PatchEmbed, resample_pos_embed, sincos_2d_pos_embed, to_2tuple
+
+__all__ = [
+    "Attention", "KVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath", "EncoderBlock",
+    "LayerScale", "Mlp", "PatchEmbed", "resample_pos_embed", "sincos_2d_pos_embed", "to_2tuple",
+    "capture_attention",
+]
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[list[Attention]]:
+    """Within the block, every `Attention` of `model` keeps its last attention weights in `attn_weights`.
+    Yields the attention modules in forward order of registration; restores the fast path on exit."""
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    for a in attns:
+        a.capture, a.attn_weights = True, None
+    try:
+        yield attns
+    finally:
+        for a in attns:
+            a.capture = False

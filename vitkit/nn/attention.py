@@ -1,0 +1,149 @@
+"""Multi-head attention, self or cross, on PyTorch's fused SDPA (Vaswani et al. 2017, "Attention Is All You Need").
+
+The one attention of vitkit: the ViT encoder, the detection/segmentation heads and the text path all
+use this class. Masks follow `F.scaled_dot_product_attention`: a boolean mask is True where a query may
+attend, a float mask is added to the scores. Both broadcast to (B, heads, N_query, N_key).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class KVCache:
+    """Keys and values kept between decoding steps, (B, heads, N_past, head_dim) each.
+
+    Self-attention appends the new step's keys/values; cross-attention computes them from the memory
+    once and reuses them afterwards.
+    """
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+
+def causal_mask(n_query: int, n_key: int, device=None) -> torch.Tensor:
+    """Boolean mask (n_query, n_key), bottom-right aligned: query i sees keys up to n_key - n_query + i."""
+    offset = n_key - n_query
+    q = torch.arange(n_query, device=device)[:, None]
+    k = torch.arange(n_key, device=device)[None, :]
+    return k <= q + offset
+
+
+def padding_mask(key_is_pad: torch.Tensor) -> torch.Tensor:
+    """(B, N_key) True-at-padding -> boolean attention mask (B, 1, 1, N_key), True where attending is allowed."""
+    return ~key_is_pad[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention. `cross=False`: fused `qkv` projection (timm names); `cross=True`: `q` from the
+    queries and `kv` from a memory of width `kv_dim`.
+
+    Set `capture = True` (or use `vitkit.nn.capture_attention`) to keep the attention weights of the last
+    call in `attn_weights` (B, heads, N_query, N_key); the output is the same, computed without SDPA.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        cross: bool = False,
+        kv_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim={dim} is not divisible by num_heads={num_heads}; expected a multiple")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(kv_dim or dim, dim * 2, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.capture = False
+        self.attn_weights: torch.Tensor | None = None
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        # (B, N, n*C) -> (n, B, heads, N, C/heads)
+        B, N, _ = t.shape
+        return t.reshape(B, N, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None):
+        if not self.cross:
+            q, k, v = self._heads(self.qkv(x), 3).unbind(0)
+            if cache is not None:
+                if cache.k is not None:
+                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+                cache.k, cache.v = k, v
+            return q, k, v
+        if context is None:
+            raise ValueError("cross-attention needs a `context` (the memory to attend to); got None")
+        q = self._heads(self.q(x), 1)[0]
+        if cache is not None and cache.k is not None:
+            return q, cache.k, cache.v
+        k, v = self._heads(self.kv(context), 2).unbind(0)
+        if cache is not None:
+            cache.k, cache.v = k, v
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, N, C = x.shape
+        past = cache.length if (cache is not None and not self.cross) else 0
+        q, k, v = self._project(x, context, cache)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if is_causal and (past > 0 or attn_mask is not None or self.capture):
+            # SDPA's is_causal is top-left aligned and excludes a mask: spell the mask out instead.
+            causal = causal_mask(N, k.shape[2], device=x.device)
+            attn_mask = causal if attn_mask is None else _combine(attn_mask, causal)
+            is_causal = False
+        if self.capture:
+            out = self._explicit(q, k, v, attn_mask, is_causal)
+        else:
+            drop = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(B, N, C)  # (B, heads, N, C/heads) -> (B, N, C)
+        return self.proj_drop(self.proj(out))
+
+    def _explicit(self, q, k, v, attn_mask, is_causal):
+        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, M)
+        if is_causal:
+            attn_mask = causal_mask(q.shape[2], k.shape[2], device=q.device)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask
+        attn = scores.softmax(dim=-1)
+        self.attn_weights = attn
+        return self.attn_drop(attn) @ v
+
+
+def _combine(mask: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return mask & causal
+    return mask.masked_fill(~causal, float("-inf"))
