@@ -98,7 +98,7 @@ class VisionTransformer(nn.Module):
     # -- conventions shared with timm: optimiser groups, classifier reset, checkpointing --
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "reg_token"}
+        return {n for n in ("pos_embed", "cls_token", "reg_token") if getattr(self, n, None) is not None}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

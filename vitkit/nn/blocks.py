@@ -41,6 +41,8 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"DropPath: p={p}; expected a probability in [0, 1]")
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +50,9 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        if keep > 0:
+            mask.div_(keep)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
