@@ -1,0 +1,30 @@
+"""vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
+from .classification import ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples
+from .images import list_images, load_rgb, scan_images
+from .transforms import (
+    DEFAULT_TRANSFORMS,
+    build_transforms,
+    cifar_transforms,
+    digits_transforms,
+    imagefolder_transforms,
+    make_transform,
+    seed_transform,
+)
+
+__all__ = [
+    "ArrayDataset",
+    "ClassificationDataModule",
+    "DEFAULT_TRANSFORMS",
+    "FileDataset",
+    "build_transforms",
+    "cifar_transforms",
+    "digits_transforms",
+    "folder_classes",
+    "folder_samples",
+    "imagefolder_transforms",
+    "list_images",
+    "load_rgb",
+    "make_transform",
+    "scan_images",
+    "seed_transform",
+]

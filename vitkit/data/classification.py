@@ -1,0 +1,462 @@
+"""Image classification data: one LightningDataModule for digits, MNIST, Fashion-MNIST, CIFAR and image folders."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import albumentations as A
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from vitkit.errors import ConfigError, DataError, DatasetNotFoundError
+
+from .images import list_images, load_rgb, scan_images
+from .transforms import DEFAULT_TRANSFORMS, build_transforms, seed_transform
+
+log = logging.getLogger("vitkit")
+
+DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
+Split = Literal["train", "val", "test", "predict"]
+_SPLITS = get_args(Split)
+Sample = tuple[str, int]  # (image path, class index)
+
+_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+    None: ("train", "val", "test"),
+}
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm".split()
+)
+
+
+@dataclass(frozen=True)
+class TorchvisionSource:
+    """A dataset read through torchvision: its class there, its name for people, where its files lie under root."""
+
+    cls_name: str
+    title: str
+    folder: str
+    classes: tuple[str, ...]
+
+    def missing_message(self, root: str) -> str:
+        return (
+            f"{self.title} not found under '{root}' (data.root); expected {os.path.join(root, self.folder)}. "
+            "Set data.download: true to fetch it (needs network) or place the files there (see datasets/README.md)"
+        )
+
+
+TORCHVISION_SOURCES = {
+    "mnist": TorchvisionSource("MNIST", "MNIST", os.path.join("MNIST", "raw"), DIGIT_CLASSES),
+    "fashion_mnist": TorchvisionSource(
+        "FashionMNIST", "Fashion-MNIST", os.path.join("FashionMNIST", "raw"), FASHION_MNIST_CLASSES
+    ),
+    "cifar10": TorchvisionSource("CIFAR10", "CIFAR-10", "cifar-10-batches-py", CIFAR10_CLASSES),
+    "cifar100": TorchvisionSource("CIFAR100", "CIFAR-100", "cifar-100-python", CIFAR100_CLASSES),
+}
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images, (N, H, W) gray or (N, H, W, 3) RGB; items are (image, label) or (image, name)."""
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, names: list[str], transform: A.Compose, with_names: bool = False
+    ) -> None:
+        self.images, self.labels, self.names = images, labels, names
+        self.transform = transform
+        self.with_names = with_names
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
+        image = self.images[index]
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
+        tensor = self.transform(image=image)["image"]  # (3, img_size, img_size) float32
+        return tensor, self.names[index] if self.with_names else int(self.labels[index])
+
+
+class FileDataset(Dataset):
+    """Image files decoded by `load_rgb`; items are (image, label) or (image, path)."""
+
+    def __init__(self, samples: list[Sample], transform: A.Compose, with_paths: bool = False) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.with_paths = with_paths
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
+        path, label = self.samples[index]
+        tensor = self.transform(image=load_rgb(path))["image"]  # (H, W, 3) uint8 -> (3, img_size, img_size)
+        return tensor, path if self.with_paths else label
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Image classification data with seeded splits, albumentations pipelines and readable errors.
+
+    Batches of the train/val/test loaders are `(images, labels)`: float32 (B, 3, img_size, img_size)
+    normalised with `mean`/`std`, and int64 (B,). Predict batches are `(images, names)` with one string per
+    image: the file path, or `"<dataset>/<split>/<index>"` for in-memory data, where index points into the
+    source set (scikit-learn's `load_digits()`, or torchvision's official train/test set).
+
+    Args:
+        dataset: "digits" is scikit-learn's bundled 8x8 digits (1797 images, no download, split
+            train/val/test here); "mnist", "fashion_mnist", "cifar10", "cifar100" are read by torchvision from
+            `root` (val is split off the official train set, test is the official test set); "imagefolder"
+            reads `<root>/train/<class>/*` plus optional `<root>/val` and `<root>/test` with the same layout
+            (no val: split off train; no test: test is val).
+        root: data folder; see datasets/README.md for what each dataset expects there.
+        download: fetch a torchvision dataset into `root` in `prepare_data()` (needs network).
+        img_size: side of the square images in a batch.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        val_fraction: share held out for validation: of all digits, of the official train set, or of
+            `<root>/train` when there is no `<root>/val`. Stratified by class.
+        test_fraction: share of all digits held out for testing (digits only; the others have a test set).
+        seed: seed of the splits; the same seed gives the same split on every run.
+        train_transforms: albumentations steps for training, e.g. `[{name: HorizontalFlip, p: 0.5}]`; None
+            keeps the dataset's default augmentation. Normalize and ToTensorV2 are always appended.
+        eval_transforms: the same for validation, test and predict; None resizes (and centre-crops photos).
+        mean: per-channel mean for Normalize (pixel values scaled to 0..1).
+        std: per-channel standard deviation for Normalize.
+        skip_corrupt: image folders only: decode every file once in `setup()` and drop the unreadable ones,
+            counting them in `skipped` and logging a warning. When False, an unreadable file raises
+            CorruptImageError, naming it, when it is loaded.
+        predict_dir: folder of images to predict on (searched recursively); None predicts on the test split.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "digits",
+        root: str = "datasets",
+        download: bool = False,
+        img_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        train_transforms: list[dict] | None = None,
+        eval_transforms: list[dict] | None = None,
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        skip_corrupt: bool = False,
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_hparams(self.hparams)
+        self._class_names = _class_names(dataset, root)
+        default = DEFAULT_TRANSFORMS[dataset]
+        self.train_transform = build_transforms(
+            train_transforms, default(img_size, train=True), "data.train_transforms", mean, std
+        )
+        self.eval_transform = build_transforms(
+            eval_transforms, default(img_size, train=False), "data.eval_transforms", mean, std
+        )
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of unreadable files dropped by skip_corrupt
+        self._datasets: dict[str, Dataset] = {}
+        self._folders: dict[str, list[Sample]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def prepare_data(self) -> None:
+        source = TORCHVISION_SOURCES.get(self.hparams.dataset)
+        if source is None or not self.hparams.download:
+            return
+        cls = getattr(torchvision.datasets, source.cls_name)
+        for train in (True, False):
+            try:
+                cls(self.hparams.root, train=train, download=True)
+            except (OSError, RuntimeError) as err:  # URLError is an OSError
+                message = source.missing_message(self.hparams.root)
+                raise DatasetNotFoundError(f"{source.title}: download failed ({err}). {message}") from err
+
+    def setup(self, stage: str | None = None) -> None:
+        self._prepare(_STAGE_SPLITS[stage])
+
+    def get_dataset(self, split: Split) -> Dataset:
+        """The dataset of one split, built (and scanned, with skip_corrupt) on first use."""
+        if split not in _SPLITS:
+            raise ValueError(f"split {split!r} is not one of {', '.join(_SPLITS)}")
+        self._prepare((split,))
+        return self._datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
+        dataset = self.get_dataset(split)
+        workers = self.hparams.num_workers
+        if workers == 0:  # workers are reseeded in _seed_worker; here seed from torch so seed_everything applies
+            seed_transform(dataset.transform, seed=int(torch.randint(2**31, ())))
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_seed_worker if workers > 0 else None,
+            collate_fn=_collate_named if split == "predict" else None,
+        )
+
+    def _prepare(self, splits: Sequence[str]) -> None:
+        n_skipped = len(self.skipped)
+        for split in splits:
+            if split not in self._datasets:
+                self._datasets[split] = self._build(split)
+        if len(self.skipped) > n_skipped:
+            _report_skipped(self.skipped[n_skipped:])
+
+    def _build(self, split: str) -> Dataset:
+        if split == "predict":
+            return self._build_predict()
+        transform = self.train_transform if split == "train" else self.eval_transform
+        if self.hparams.dataset == "imagefolder":
+            return FileDataset(self._folder_split(split), transform=transform)
+        return ArrayDataset(*self._array_split(split), transform=transform)
+
+    def _build_predict(self) -> Dataset:
+        if self.hparams.predict_dir is not None:
+            samples = self._drop_unreadable([(path, -1) for path in list_images(self.hparams.predict_dir)])
+            return FileDataset(samples, transform=self.eval_transform, with_paths=True)
+        if self.hparams.dataset == "imagefolder":
+            return FileDataset(self._folder_split("test"), transform=self.eval_transform, with_paths=True)
+        return ArrayDataset(*self._array_split("test"), transform=self.eval_transform, with_names=True)
+
+    # --- in-memory datasets: digits and torchvision's ---
+
+    def _array_split(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(images, labels, names) of one split."""
+        dataset = self.hparams.dataset
+        if dataset == "digits":
+            (images, labels), indices = _digits_arrays(), self._digits_indices[split]
+        elif split == "test":
+            images, labels = self._official_test
+            indices = np.arange(len(labels))
+        else:
+            (images, labels), indices = self._official_train, self._train_val_indices[split]
+        names = [f"{dataset}/{split}/{i}" for i in indices]
+        return images[indices], labels[indices], names
+
+    @functools.cached_property
+    def _digits_indices(self) -> dict[str, np.ndarray]:
+        """Stratified train/val/test indices into load_digits(); test_fraction and val_fraction of all images."""
+        h = self.hparams
+        _, labels = _digits_arrays()
+        n_test, n_val = round(h.test_fraction * len(labels)), round(h.val_fraction * len(labels))
+        rest, test = stratified_split(labels, n_test, seed=h.seed, what="digits", field="data.test_fraction")
+        train, val = stratified_split(labels[rest], n_val, seed=h.seed, what="digits", field="data.val_fraction")
+        return {"train": rest[train], "val": rest[val], "test": test}
+
+    @functools.cached_property
+    def _official_train(self) -> tuple[np.ndarray, np.ndarray]:
+        return _load_torchvision(self.hparams.dataset, self.hparams.root, train=True)
+
+    @functools.cached_property
+    def _official_test(self) -> tuple[np.ndarray, np.ndarray]:
+        return _load_torchvision(self.hparams.dataset, self.hparams.root, train=False)
+
+    @functools.cached_property
+    def _train_val_indices(self) -> dict[str, np.ndarray]:
+        """Stratified split of the official train set: val_fraction of it for validation."""
+        _, labels = self._official_train
+        h = self.hparams
+        n_val = round(h.val_fraction * len(labels))
+        what = f"the {h.dataset} train set"
+        train, val = stratified_split(labels, n_val, seed=h.seed, what=what, field="data.val_fraction")
+        return {"train": train, "val": val}
+
+    # --- image folders ---
+
+    def _folder_split(self, split: str) -> list[Sample]:
+        """Samples of one split from its own folder if it has one; else test is val, and val is split off train."""
+        root = self.hparams.root
+        if split != "train" and os.path.isdir(os.path.join(root, split)):
+            return self._folder(split)
+        if split == "test":
+            return self._folder_split("val")
+        train = self._folder("train")
+        if os.path.isdir(os.path.join(root, "val")):
+            return train
+        labels = np.array([label for _, label in train])
+        n_val = round(self.hparams.val_fraction * len(train))
+        what = os.path.join(root, "train")
+        keep, held = stratified_split(labels, n_val, seed=self.hparams.seed, what=what, field="data.val_fraction")
+        return [train[i] for i in (keep if split == "train" else held)]
+
+    def _folder(self, name: str) -> list[Sample]:
+        """Samples of `<root>/<name>`, read (and with skip_corrupt, scanned) once."""
+        if name not in self._folders:
+            class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
+            samples = folder_samples(os.path.join(self.hparams.root, name), class_to_idx)
+            self._folders[name] = self._drop_unreadable(samples)
+        return self._folders[name]
+
+    def _drop_unreadable(self, samples: list[Sample]) -> list[Sample]:
+        if not self.hparams.skip_corrupt:
+            return samples
+        good, bad = scan_images([path for path, _ in samples])
+        self.skipped.extend(bad)
+        readable = set(good)
+        return [sample for sample in samples if sample[0] in readable]
+
+
+def _check_hparams(h) -> None:
+    """Raise ConfigError for values the types do not rule out (LightningCLI checks types, direct calls do not)."""
+    _require(h.dataset in DEFAULT_TRANSFORMS, "data.dataset", h.dataset, f"one of {', '.join(DEFAULT_TRANSFORMS)}")
+    _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
+    _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
+    _require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
+    _require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
+    _require(0 < h.test_fraction < 1, "data.test_fraction", h.test_fraction, "a fraction strictly between 0 and 1")
+    _require(h.val_fraction + h.test_fraction < 1, "data.val_fraction + data.test_fraction",
+             h.val_fraction + h.test_fraction, "less than 1, leaving images to train on")
+    _require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
+    _require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
+
+
+def _require(ok: bool, field: str, found: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
+
+
+def _class_names(dataset: str, root: str) -> list[str]:
+    if dataset == "digits":
+        return list(DIGIT_CLASSES)
+    if dataset == "imagefolder":
+        return folder_classes(os.path.join(root, "train"))
+    return list(TORCHVISION_SOURCES[dataset].classes)
+
+
+@functools.cache
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as uint8 images (1797, 8, 8) in 0..255 and int64 labels (1797,)."""
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # values 0..16 -> 0..255
+    return images, digits.target.astype(np.int64)
+
+
+def _load_torchvision(dataset: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Official train or test set as uint8 images, (N, H, W) or (N, H, W, 3), and int64 labels (N,)."""
+    source = TORCHVISION_SOURCES[dataset]
+    cls = getattr(torchvision.datasets, source.cls_name)
+    try:
+        data = cls(root, train=train, download=False)
+    except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. You can use download=True ..."
+        raise DatasetNotFoundError(f"{source.missing_message(root)} [torchvision: {err}]") from err
+    return np.asarray(data.data), np.asarray(data.targets, dtype=np.int64)
+
+
+def stratified_split(
+    labels: np.ndarray, n_held: int, seed: int, what: str, field: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of positions 0..len(labels)-1, stratified by label, into sorted (kept, held out) index arrays.
+
+    `n_held` positions are held out; `what` and `field` name the data and the config field in errors.
+    """
+    try:
+        keep, held = train_test_split(np.arange(len(labels)), test_size=n_held, random_state=seed, stratify=labels)
+    except ValueError as err:
+        raise DataError(
+            f"{what}: cannot hold out {n_held} of {len(labels)} images with a split stratified by class ({err}); "
+            f"expected a {field} that leaves at least one image per class on each side"
+        ) from err
+    return np.sort(keep), np.sort(held)
+
+
+def folder_classes(directory: str) -> list[str]:
+    """Sorted class sub-folder names of an ImageFolder split; hidden ones (.ipynb_checkpoints ...) are ignored."""
+    if not os.path.isdir(directory):
+        raise DatasetNotFoundError(
+            f"{directory}: folder not found; expected ImageFolder data laid out as <data.root>/train/<class>/<image> "
+            "(see datasets/README.md)"
+        )
+    try:
+        classes, _ = find_classes(directory)
+    except FileNotFoundError:
+        classes = []
+    classes = [name for name in classes if not name.startswith(".")]
+    if not classes:
+        raise DatasetNotFoundError(f"{directory}: no class folders found; expected one sub-folder of images per class")
+    return classes
+
+
+def folder_samples(directory: str, class_to_idx: dict[str, int]) -> list[Sample]:
+    """(path, class index) of every image under `directory`/<class>/, sorted; classes must be among `class_to_idx`."""
+    classes = folder_classes(directory)
+    unknown = sorted(set(classes) - set(class_to_idx))
+    if unknown:
+        raise DataError(
+            f"{directory}: class folder(s) {unknown} are not among the training classes; "
+            f"expected a subset of {sorted(class_to_idx)}"
+        )
+    try:
+        return make_dataset(directory, {name: class_to_idx[name] for name in classes}, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as err:  # a class folder without images
+        raise DatasetNotFoundError(f"{directory}: {err}") from err
+
+
+def _collate_named(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    """Predict batches: images (B, 3, H, W) and a list of B names (default_collate would give a tuple)."""
+    images, names = zip(*batch)
+    return torch.stack(images), list(names)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: give each worker's copy of the pipeline its own random stream."""
+    info = get_worker_info()
+    seed_transform(info.dataset.transform, seed=info.seed % 2**32)
+
+
+@rank_zero_only
+def _report_skipped(skipped: list[tuple[str, str]], shown: int = 5) -> None:
+    listed = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    message = f"skipped {len(skipped)} unreadable image(s) (data.skip_corrupt: true): {listed}{more}"
+    log.warning(message)
+    rank_zero_warn(message)
