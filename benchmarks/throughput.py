@@ -1,0 +1,377 @@
+"""Throughput of vitkit against timm: images/s of a training step and of inference, same config, same batch.
+
+What it measures. For each model config, timm's model is built and its state dict is loaded into vitkit's
+(strict), so both compute the same function (the script prints the largest output difference once). Then,
+per mode:
+
+- ``train``: ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward, AdamW step;
+- ``infer``: ``eval()``, forward under ``torch.inference_mode()``.
+
+Both libraries run in the same process, interleaved: in each of ``--rounds`` rounds each library times
+``--steps`` steps, and the order alternates (timm first, then vitkit first, ...) so that drift of a noisy
+machine (turbo, other jobs, thermal) falls on both alike. ``--warmup`` untimed steps per library come first
+(they also absorb ``torch.compile``). Times use ``time.perf_counter``, with ``torch.cuda.synchronize`` on CUDA.
+
+Reported per (model, mode): each library's median images/s over the rounds, and vitkit÷timm as the median
+of the per-round ratios (each ratio compares two runs taken seconds apart, so it is the number least moved
+by slow drift) with its min–max over the rounds. "best step ÷" is the ratio of each library's fastest single
+step: on a machine shared with other jobs, where a step is only ever slowed down, the least disturbed
+estimate. On CUDA also the peak memory a step allocates above what the two resident models and optimisers
+already hold. `--json` keeps every step's time.
+
+Usage (from the repository root):
+
+    python benchmarks/throughput.py                     # default set, CPU or CUDA (auto), ~6-8 min on 2 CPU cores
+    python benchmarks/throughput.py --quick             # a tiny set, ~1-2 min on 2 CPU cores
+    python benchmarks/throughput.py --models vit_base_patch16_224 --modes train --batch-size 64 \\
+        --precision bf16 --compile --json out.json      # one config on a GPU, all raw numbers to out.json
+    python benchmarks/throughput.py --list              # the model configs it knows
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vitkit
+
+# vitkit name -> (timm name, timm kwargs that make it the same architecture).
+TIMM_EQUIVALENT: dict[str, tuple[str, dict]] = {
+    "vit_tiny_patch16_224": ("vit_tiny_patch16_224", {}),
+    "vit_tiny_patch32_224": ("vit_tiny_patch16_224", {"patch_size": 32}),
+    "vit_small_patch16_224": ("vit_small_patch16_224", {}),
+    "vit_small_patch32_224": ("vit_small_patch32_224", {}),
+    "vit_base_patch16_224": ("vit_base_patch16_224", {}),
+    "vit_base_patch32_224": ("vit_base_patch32_224", {}),
+    "vit_large_patch16_224": ("vit_large_patch16_224", {}),
+    "vit_large_patch32_224": ("vit_large_patch32_224", {}),
+    "deit_tiny_patch16_224": ("deit_tiny_patch16_224", {}),
+    "deit_small_patch16_224": ("deit_small_patch16_224", {}),
+    "deit_base_patch16_224": ("deit_base_patch16_224", {}),
+    "vit_small_patch16_reg4_224": ("vit_small_patch16_224", {"reg_tokens": 4, "no_embed_class": True}),
+    "vit_tiny_patch4_32": ("vit_tiny_patch16_224", {"patch_size": 4, "img_size": 32}),
+    "vit_small_patch4_32": ("vit_small_patch16_224", {"patch_size": 4, "img_size": 32}),
+    "vit_nano_patch4_32": (
+        "vit_tiny_patch16_224",
+        {"patch_size": 4, "img_size": 32, "embed_dim": 128, "depth": 6, "num_heads": 4},
+    ),
+}
+
+# Default batch per model when --batch-size is not given: (cpu, cuda).
+DEFAULT_BATCH = {"vit_tiny_patch4_32": (64, 256), "vit_nano_patch4_32": (64, 256), "vit_small_patch4_32": (32, 256)}
+DEFAULT_BATCH_224 = (16, 128)
+# 10 classes for the 32x32 (CIFAR-sized) configs, ImageNet's 1000 otherwise.
+NUM_CLASSES = {"vit_tiny_patch4_32": 10, "vit_small_patch4_32": 10, "vit_nano_patch4_32": 10}
+
+DEFAULT_MODELS = ["vit_small_patch16_224", "vit_tiny_patch4_32"]
+QUICK_BATCH = {"vit_tiny_patch4_32": 32, "vit_tiny_patch16_224": 8}  # --quick: model -> batch
+MODES = ("train", "infer")
+
+
+@dataclass
+class Result:
+    """All raw numbers of one (model, mode) comparison."""
+
+    model: str
+    timm_model: str
+    timm_kwargs: dict
+    img_size: int
+    batch: int
+    mode: str
+    precision: str
+    compiled: bool
+    max_abs_diff: float
+    # seconds of each timed step, per library, per round: step_seconds[lib][round][step]
+    step_seconds: dict[str, list[list[float]]] = field(default_factory=lambda: {"timm": [], "vitkit": []})
+    first: list[str] = field(default_factory=list)  # which library ran first in each round
+    peak_mib: dict[str, float | None] = field(default_factory=lambda: {"timm": None, "vitkit": None})
+
+    def round_seconds(self, lib: str) -> list[float]:
+        return [sum(steps) for steps in self.step_seconds[lib]]
+
+    def images_per_s(self, lib: str) -> list[float]:
+        """Throughput of each round."""
+        return [self.batch * len(steps) / sum(steps) for steps in self.step_seconds[lib]]
+
+    def ratios(self) -> list[float]:
+        """vitkit÷timm throughput of each round."""
+        return [t / v for t, v in zip(self.round_seconds("timm"), self.round_seconds("vitkit"))]
+
+    def best_step_ratio(self) -> float:
+        """vitkit÷timm of the fastest single step each: on a shared machine the least disturbed estimate."""
+        return min(map(min, self.step_seconds["timm"])) / min(map(min, self.step_seconds["vitkit"]))
+
+    def summary(self) -> dict:
+        return {
+            "timm_img_s": statistics.median(self.images_per_s("timm")),
+            "vitkit_img_s": statistics.median(self.images_per_s("vitkit")),
+            "ratio_median": statistics.median(self.ratios()),
+            "ratio_min": min(self.ratios()),
+            "ratio_max": max(self.ratios()),
+            "ratio_best_step": self.best_step_ratio(),
+        }
+
+
+# -- building the two models --------------------------------------------------------------------------------
+def build_pair(name: str, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """timm's model and vitkit's, the latter loaded (strict) with the former's weights."""
+    timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
+    ref = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    ours = vitkit.create_model(name, num_classes=num_classes)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref.to(device), ours.to(device)
+
+
+@torch.no_grad()
+def max_output_diff(ref: nn.Module, ours: nn.Module, x: torch.Tensor) -> float:
+    """Largest absolute difference of the two models' logits on `x`, in fp32 eval mode."""
+    ref.eval()
+    ours.eval()
+    return (ref(x) - ours(x)).abs().max().item()
+
+
+def img_size_of(model: nn.Module) -> int:
+    return model.patch_embed.img_size[0]
+
+
+# -- one step of each mode ----------------------------------------------------------------------------------
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def make_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Callable) -> Callable[[], None]:
+    """Forward, cross-entropy, backward and an AdamW step on a fixed batch."""
+    params = model._orig_mod.parameters() if hasattr(model, "_orig_mod") else model.parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def make_infer_step(model: nn.Module, x: torch.Tensor, amp: Callable) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), amp():
+            model(x)
+
+    return step
+
+
+# -- timing -------------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock_mark(device: torch.device) -> float | torch.cuda.Event:
+    """A point in time: the host clock on CPU, an event on the current stream on CUDA (no host sync)."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def seconds_between(a: float | torch.cuda.Event, b: float | torch.cuda.Event) -> float:
+    return a.elapsed_time(b) / 1000 if isinstance(a, torch.cuda.Event) else b - a
+
+
+def time_steps(step: Callable[[], None], n: int, device: torch.device) -> tuple[list[float], float | None]:
+    """Seconds of each of `n` steps, and on CUDA the peak MiB allocated above what was resident before them."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+    marks = [clock_mark(device)]
+    for _ in range(n):
+        step()
+        marks.append(clock_mark(device))
+    sync(device)
+    seconds = [seconds_between(a, b) for a, b in zip(marks, marks[1:])]
+    peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**20 if device.type == "cuda" else None
+    return seconds, peak
+
+
+def run_interleaved(steps: dict[str, Callable[[], None]], result: Result, args, device: torch.device) -> None:
+    """Warm both up, then `rounds` rounds of `steps` timed steps each, alternating which library goes first."""
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    sync(device)
+    for r in range(args.rounds):
+        order = ("timm", "vitkit") if r % 2 == 0 else ("vitkit", "timm")
+        result.first.append(order[0])
+        for lib in order:
+            seconds, peak = time_steps(steps[lib], args.steps, device)
+            result.step_seconds[lib].append(seconds)
+            if peak is not None:
+                result.peak_mib[lib] = max(peak, result.peak_mib[lib] or 0.0)
+
+
+def bench_model(name: str, args, device: torch.device) -> list[Result]:
+    """Build the pair once, check they agree, then compare each requested mode."""
+    num_classes = args.num_classes or NUM_CLASSES.get(name, 1000)
+    ref, ours = build_pair(name, num_classes, device)
+    size, batch = img_size_of(ours), batch_size(name, args, device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    diff = max_output_diff(ref, ours, x)
+    print(f"{name}: {size}px, batch {batch}, max |timm - vitkit| logits = {diff:.2e}", file=sys.stderr)
+    models = {"timm": ref, "vitkit": ours}
+    if args.compile:
+        models = {lib: torch.compile(m) for lib, m in models.items()}
+    amp = lambda: autocast(device, args.precision)  # noqa: E731
+    results = []
+    for mode in args.modes:
+        timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
+        result = Result(name, timm_name, timm_kwargs, size, batch, mode, args.precision, args.compile, diff)
+        for m in models.values():
+            m.train(mode == "train")
+        if mode == "train":
+            steps = {lib: make_train_step(m, x, y, amp) for lib, m in models.items()}
+        else:
+            steps = {lib: make_infer_step(m, x, amp) for lib, m in models.items()}
+        run_interleaved(steps, result, args, device)
+        print(format_row(result), file=sys.stderr)
+        results.append(result)
+    return results
+
+
+def batch_size(name: str, args, device: torch.device) -> int:
+    """--batch-size if given, else the --quick batch, else the default for the model and device."""
+    if args.batch_size:
+        return args.batch_size
+    if args.quick and name in QUICK_BATCH:
+        return QUICK_BATCH[name]
+    cpu, cuda = DEFAULT_BATCH.get(name, DEFAULT_BATCH_224)
+    return cuda if device.type == "cuda" else cpu
+
+
+# -- reporting ----------------------------------------------------------------------------------------------
+def table_header(cuda: bool) -> str:
+    cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)",
+            "best step ÷"]
+    if cuda:
+        cols += ["timm peak MiB", "vitkit peak MiB"]
+    return "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|"
+
+
+def format_row(r: Result) -> str:
+    s = r.summary()
+    precision = r.precision + (" +compile" if r.compiled else "")
+    cells = [r.model, str(r.img_size), str(r.batch), r.mode, precision, f"{s['timm_img_s']:.1f}",
+             f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})",
+             f"{s['ratio_best_step']:.3f}"]
+    if r.peak_mib["timm"] is not None:
+        cells += [f"{r.peak_mib['timm']:.0f}", f"{r.peak_mib['vitkit']:.0f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(args, device: torch.device) -> dict:
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "vitkit": vitkit.__version__,
+        "python": platform.python_version(),
+        "args": vars(args),
+    }
+
+
+def write_json(path: str, env: dict, results: list[Result]) -> None:
+    records = [{**asdict(r), **r.summary(), "images_per_s": {lib: r.images_per_s(lib) for lib in r.step_seconds},
+                "ratios": r.ratios()} for r in results]
+    with open(path, "w") as f:
+        json.dump({"environment": env, "results": records}, f, indent=2)
+
+
+# -- command line -------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=sorted(TIMM_EQUIVALENT), metavar="NAME",
+                   help=f"vitkit model names (default: {' '.join(DEFAULT_MODELS)}; see --list)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--batch-size", type=int, help="one batch for every model (default: per model and device)")
+    p.add_argument("--num-classes", type=int, help="classifier width (default: 10 for 32px configs, else 1000)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast, on CPU too")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds; even keeps the order balanced")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"tiny set: {', '.join(f'{m} batch {b}' for m, b in QUICK_BATCH.items())}; 4 rounds x 3 steps")
+    p.add_argument("--json", metavar="PATH", help="write every raw timing and the environment here")
+    p.add_argument("--list", action="store_true", help="print the known configs and their timm equivalents")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models = args.models or list(QUICK_BATCH)
+        args.rounds, args.steps, args.warmup = 4, 3, 2
+    args.models = args.models or DEFAULT_MODELS
+    if min(args.rounds, args.steps) < 1 or args.warmup < 0:
+        p.error("--rounds and --steps must be at least 1, --warmup at least 0")
+    return args
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.list:
+        for name, (timm_name, kw) in TIMM_EQUIVALENT.items():
+            print(f"{name:28s} timm {timm_name} {kw or ''}")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    env = environment(args, device)
+    print(f"{env['device_name']} ({device}, {env['threads']} threads), torch {env['torch']}, timm {env['timm']}",
+          file=sys.stderr)
+    results = [r for name in args.models for r in bench_model(name, args, device)]
+    print(table_header(device.type == "cuda"))
+    for r in results:
+        print(format_row(r))
+    if args.json:
+        write_json(args.json, env, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""vitkit's command line: LightningCLI with vitkit's defaults (`python train.py fit|validate|test|predict --config ...`).
+
+Defaults added here, each overridable from YAML: a Rich progress bar, CSV + TensorBoard loggers sharing
+one run folder (`runs/<config name>/version_N`), a ModelCheckpoint keeping the best and the last
+checkpoint (monitor taken from the task), the learning-rate monitor, and `--ckpt_path last` resolving
+to the newest run's `last.ckpt` (resuming in that run's folder) instead of silently starting afresh.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+from .errors import VitkitError
+
+SUBCOMMANDS_WITH_DATA = ("fit", "validate", "test", "predict")
+
+
+class VitkitCLI(LightningCLI):
+    """LightningCLI in subclass mode: a config names the task (`model.class_path`) and data module."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_defaults", {"default_root_dir": "runs", "callbacks": [LearningRateMonitor("step")]})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)
+        self._resume_version: tuple[str, int] | None = None
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None, help="run folder name under trainer.default_root_dir (default: the config file's name)")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint")
+        parser.link_arguments("data.init_args.img_size", "model.init_args.img_size")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    # -- `--ckpt_path last`: find the newest run's last.ckpt and continue in its folder --
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path") == "last":
+            ckpt, version = find_last_checkpoint(self._root_dir(), self._run_name())
+            self.config[sub]["ckpt_path"] = str(ckpt)
+            self._resume_version = version
+
+    def _section(self):
+        sub = self.config.get("subcommand")
+        return self.config[sub] if sub else self.config
+
+    def _root_dir(self) -> Path:
+        return Path(self._section().get("trainer", {}).get("default_root_dir") or "runs")
+
+    def _run_name(self) -> str:
+        cfg = self._section()
+        if cfg.get("run_name"):
+            return cfg["run_name"]
+        configs = cfg.get("config") or []
+        return Path(str(configs[-1])).stem if configs else "vitkit"
+
+    # -- loggers and checkpointing --
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("logger") in (None, True):
+            kwargs["logger"] = self._loggers()
+        kwargs["callbacks"] = list(cfg.get("callbacks") or []) + self._default_callbacks(cfg)
+        return super().instantiate_trainer(**kwargs)
+
+    def _default_callbacks(self, cfg) -> list:
+        """A Rich progress bar and a best + last ModelCheckpoint on the task's monitor, unless configured."""
+        have = list(cfg.get("callbacks") or []) + list(self.trainer_defaults.get("callbacks", []))
+        extra = []
+        if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in have):
+            extra.append(RichProgressBar())
+        if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
+            monitor, mode = getattr(self.model, "monitor", None), getattr(self.model, "monitor_mode", "min")
+            extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}"))
+        return extra
+
+    def _loggers(self) -> list:
+        root, name = self._root_dir(), self._run_name()
+        if self._resume_version:
+            version, csv_logger = self._resume_version[1], ResumedCSVLogger
+        else:
+            version, csv_logger = _next_version(root / name), CSVLogger
+        return [csv_logger(root, name=name, version=version), TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)]
+
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit"):
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; on resume, keep its rows and append."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class ResumedCSVLogger(CSVLogger):
+    """CSVLogger that continues a run's metrics.csv instead of replacing it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(versions, default=-1) + 1
+
+
+def find_last_checkpoint(root: Path, name: str) -> tuple[Path, tuple[str, int]]:
+    """The newest `<root>/<name>/version_N/checkpoints/last.ckpt`, and (name, N) to continue that run."""
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in (root / name).glob("version_*/checkpoints/last*.ckpt")
+        if (m := re.fullmatch(r"version_(\d+)", p.parent.parent.name))
+    )
+    if not found:
+        raise VitkitError(
+            f"--ckpt_path last: no last.ckpt under {root / name}/version_*/checkpoints/; "
+            f"expected a previous `fit` of run '{name}' (set --run_name or trainer.default_root_dir to point at it)"
+        )
+    version, path = max(found, key=lambda vp: (vp[0], vp[1].stat().st_mtime))
+    return path, (name, version)
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a vitkit error, without the worker traceback a DataLoader process wraps around it."""
+    msg = str(err)
+    if "Original Traceback" in msg:
+        last = [line for line in msg.strip().splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return msg
+
+
+def find_vitkit_error(err: BaseException | None) -> VitkitError | None:
+    """The VitkitError behind `err`, following the causes that jsonargparse and Lightning wrap around it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VitkitError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2."""
+    try:
+        VitkitCLI(args=args)
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is (or wraps) one of vitkit's own errors
+        found = find_vitkit_error(err)
+        if found is None:
+            raise
+        print(f"error: {user_message(found)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Image classification task: a registered vitkit encoder trained with label-smoothed cross-entropy,
+AdamW and warm-up + cosine (the DeiT recipe, Touvron et al. 2021), evaluated with top-1/top-k accuracy."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_only
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from ..errors import ConfigError
+from ..models import create_model
+from .optim import build_adamw, warmup_cosine_scheduler
+from .reports import per_class_table, save_confusion_matrix
+
+log = logging.getLogger("vitkit")
+
+
+class ImageClassifier(pl.LightningModule):
+    """Trains any registered vitkit model (`vitkit.list_models()`) as an image classifier.
+
+    Args:
+        model: registered model name, e.g. ``vit_tiny_patch4_32``.
+        num_classes: number of classes (linked from the data module by the CLI).
+        img_size: input size (linked from the data module by the CLI); None keeps the model's default.
+        model_kwargs: further keyword arguments for the model (depth, drop_path_rate, global_pool, ...).
+        class_names: names shown in predictions and reports (linked from the data module).
+        lr: peak learning rate after warm-up.
+        weight_decay: AdamW weight decay (never applied to norms, biases, position/class tokens).
+        betas: AdamW betas.
+        layer_decay: layer-wise learning-rate decay factor (None: off).
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        min_lr_ratio: final learning rate as a fraction of ``lr`` at the end of the cosine.
+        label_smoothing: cross-entropy label smoothing.
+        top_k: how many labels ``predict`` returns per image, and the k of ``acc_top5``-style accuracy.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        model: str = "vit_tiny_patch4_32",
+        num_classes: int = 10,
+        img_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        layer_decay: float | None = None,
+        warmup_epochs: float = 5.0,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"model.class_names has {len(class_names)} names; expected num_classes={num_classes}")
+        kwargs = dict(model_kwargs or {})
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        try:
+            self.model = create_model(model, num_classes=num_classes, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.k = min(top_k, num_classes)
+        metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro"), f"acc_top{self.k}": MulticlassAccuracy(num_classes, top_k=self.k, average="micro")}
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self._predictions: list[dict] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- training and evaluation --
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), prog_bar=stage == "val", sync_dist=True)
+        metrics.update(logits, y)
+        self.log_dict(metrics, prog_bar=stage == "val")
+        return logits
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test", self.test_metrics)
+        self.test_confusion.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        matrix = self.test_confusion.compute().cpu()
+        self.test_confusion.reset()
+        self._write_test_report(matrix)
+
+    @rank_zero_only
+    def _write_test_report(self, matrix: torch.Tensor) -> None:
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        per_class_table(matrix, self.class_names, out / "per_class_accuracy.csv")
+        save_confusion_matrix(matrix, self.class_names, out / "confusion_matrix.png")
+        log.info("test report written to %s (confusion_matrix.png, per_class_accuracy.csv)", out)
+
+    # -- prediction --
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        x, paths = batch
+        probs = self(x).softmax(dim=-1)
+        top_p, top_i = probs.topk(self.k, dim=-1)
+        rows = [
+            {"path": str(p), "labels": [self.class_names[i] for i in idx], "probs": [round(v, 6) for v in pr]}
+            for p, idx, pr in zip(paths, top_i.tolist(), top_p.tolist())
+        ]
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def on_predict_epoch_end(self) -> None:
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+        write_predictions(self._predictions, out / f"predictions{suffix}.csv", out / f"predictions{suffix}.json")
+        log.info("%d predictions written to %s", len(self._predictions), out / f"predictions{suffix}.csv")
+
+    # -- optimisation --
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total, max(1, round(hp.warmup_epochs * total / epochs)))
+        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def write_predictions(rows: list[dict], csv_path: Path, json_path: Path) -> None:
+    """One CSV row per image (path, label_1, prob_1, ..., label_k, prob_k) and the same as JSON."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    k = max((len(r["labels"]) for r in rows), default=0)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
+        for r in rows:
+            w.writerow([r["path"]] + [c for pair in zip(r["labels"], r["probs"]) for c in pair])
+    json_path.write_text(json.dumps(rows, indent=1))
