@@ -115,3 +115,44 @@ def test_print_config_shows_linked_defaults(capsys):
         main(["fit", "--config", DIGITS, "--print_config"])
     out = capsys.readouterr().out
     assert "class_path: vitkit.tasks.ImageClassifier" in out and "dataset: digits" in out
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """An ImageFolder with RGB JPEGs, a grayscale PNG, an RGBA PNG and one truncated JPEG."""
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(tmp_path / "train/cats/gray.png")
+    Image.fromarray(rng.integers(0, 255, (24, 24, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "train/dogs/rgba.png")
+    data = (tmp_path / "train/cats/0.jpg").read_bytes()
+    (tmp_path / "train/dogs/broken.jpg").write_bytes(data[: len(data) // 2])
+    return tmp_path
+
+
+def folder_args(root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs/classification/vit_imagefolder.yaml"), "--run_name", "messy",
+            "--trainer.default_root_dir", str(root / "runs"), "--data.init_args.root", str(root),
+            "--data.init_args.img_size", "16", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+            "--data.init_args.val_fraction", "0.3",
+            "--model.init_args.model", "vit_tiny_patch4_32", "--model.init_args.model_kwargs", '{"depth": 1}',
+            "--trainer.precision", "32", "--trainer.max_epochs", "1", "--test_after_fit", "false",
+            "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_imagefolder_with_gray_rgba_and_corrupt_images_trains_when_skipping(messy_folder, caplog):
+    main(folder_args(messy_folder, "--data.init_args.skip_corrupt", "true"))
+    assert "skipped 1 unreadable image(s)" in caplog.text and "broken.jpg" in caplog.text
+    with open(messy_folder / "runs/messy/version_0/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["val/acc"]) <= 1.0
+
+
+def test_imagefolder_corrupt_image_without_skipping_names_the_file(messy_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(folder_args(messy_folder))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "skip_corrupt" in err and "Traceback" not in err
