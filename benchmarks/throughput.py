@@ -4,20 +4,25 @@ What it measures. For each model config, timm's model is built and its state dic
 (strict), so both compute the same function (the script prints the largest output difference once). Then,
 per mode:
 
-- ``train``: ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward, AdamW step;
-- ``infer``: ``eval()``, forward under ``torch.inference_mode()``.
+- `train`: `zero_grad(set_to_none=True)`, forward, cross-entropy, backward, AdamW step (torch's default
+  AdamW implementation for the device);
+- `infer`: `eval()`, forward under `torch.inference_mode()`.
+`--precision bf16` wraps the forward (and loss) in bf16 autocast, on CPU as well as CUDA.
 
-Both libraries run in the same process, interleaved: in each of ``--rounds`` rounds each library times
-``--steps`` steps, and the order alternates (timm first, then vitkit first, ...) so that drift of a noisy
-machine (turbo, other jobs, thermal) falls on both alike. ``--warmup`` untimed steps per library come first
-(they also absorb ``torch.compile``). Times use ``time.perf_counter``, with ``torch.cuda.synchronize`` on CUDA.
+Both libraries run in the same process, interleaved: in each of `--rounds` rounds each library times
+`--steps` steps, and the order alternates (timm first, then vitkit first, ...) so that drift of a noisy
+machine (turbo, other jobs, thermal) falls on both alike. `--warmup` untimed steps per library come first
+(they also absorb `torch.compile`). Each step is timed on its own: `time.perf_counter` on CPU, CUDA events on
+GPU (no host sync between steps; `torch.cuda.synchronize` before and after each library's turn).
 
 Reported per (model, mode): each library's median images/s over the rounds, and vitkit÷timm as the median
 of the per-round ratios (each ratio compares two runs taken seconds apart, so it is the number least moved
-by slow drift) with its min–max over the rounds. "best step ÷" is the ratio of each library's fastest single
-step: on a machine shared with other jobs, where a step is only ever slowed down, the least disturbed
-estimate. On CUDA also the peak memory a step allocates above what the two resident models and optimisers
-already hold. `--json` keeps every step's time.
+by the machine's drift) with its min–max over the rounds. On CUDA also the peak memory a step allocates
+above what was held before it (both models, their optimiser state and last gradients). `--json` keeps
+every step's time.
+
+On a CPU shared with other jobs, `--threads 1` gives steadier numbers: with more runnable threads than cores,
+every parallel op waits for its slowest descheduled thread, and a train step runs some 8,000 ops.
 
 Usage (from the repository root):
 
@@ -32,7 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -109,10 +116,6 @@ class Result:
         """vitkit÷timm throughput of each round."""
         return [t / v for t, v in zip(self.round_seconds("timm"), self.round_seconds("vitkit"))]
 
-    def best_step_ratio(self) -> float:
-        """vitkit÷timm of the fastest single step each: on a shared machine the least disturbed estimate."""
-        return min(map(min, self.step_seconds["timm"])) / min(map(min, self.step_seconds["vitkit"]))
-
     def summary(self) -> dict:
         return {
             "timm_img_s": statistics.median(self.images_per_s("timm")),
@@ -120,7 +123,6 @@ class Result:
             "ratio_median": statistics.median(self.ratios()),
             "ratio_min": min(self.ratios()),
             "ratio_max": max(self.ratios()),
-            "ratio_best_step": self.best_step_ratio(),
         }
 
 
@@ -144,6 +146,14 @@ def max_output_diff(ref: nn.Module, ours: nn.Module, x: torch.Tensor) -> float:
 
 def img_size_of(model: nn.Module) -> int:
     return model.patch_embed.img_size[0]
+
+
+def random_batch(batch: int, size: int, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed random images (B, 3, size, size) and labels (B,); the same tensors feed both libraries."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    y = torch.randint(0, num_classes, (batch,), generator=gen)
+    return x.to(device), y.to(device)
 
 
 # -- one step of each mode ----------------------------------------------------------------------------------
@@ -176,6 +186,15 @@ def make_infer_step(model: nn.Module, x: torch.Tensor, amp: Callable) -> Callabl
     return step
 
 
+def make_steps(models: dict[str, nn.Module], mode: str, x: torch.Tensor, y: torch.Tensor, amp: Callable) -> dict:
+    """Each library's step function for `mode`, with its model switched to train() or eval()."""
+    for m in models.values():
+        m.train(mode == "train")
+    if mode == "train":
+        return {lib: make_train_step(m, x, y, amp) for lib, m in models.items()}
+    return {lib: make_infer_step(m, x, amp) for lib, m in models.items()}
+
+
 # -- timing -------------------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -187,7 +206,7 @@ def clock_mark(device: torch.device) -> float | torch.cuda.Event:
     if device.type != "cuda":
         return time.perf_counter()
     event = torch.cuda.Event(enable_timing=True)
-    event.record()
+    event.record(torch.cuda.current_stream(device))
     return event
 
 
@@ -232,26 +251,18 @@ def bench_model(name: str, args, device: torch.device) -> list[Result]:
     num_classes = args.num_classes or NUM_CLASSES.get(name, 1000)
     ref, ours = build_pair(name, num_classes, device)
     size, batch = img_size_of(ours), batch_size(name, args, device)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
-    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    x, y = random_batch(batch, size, num_classes, device)
     diff = max_output_diff(ref, ours, x)
     print(f"{name}: {size}px, batch {batch}, max |timm - vitkit| logits = {diff:.2e}", file=sys.stderr)
     models = {"timm": ref, "vitkit": ours}
     if args.compile:
         models = {lib: torch.compile(m) for lib, m in models.items()}
-    amp = lambda: autocast(device, args.precision)  # noqa: E731
+    amp = functools.partial(autocast, device, args.precision)
+    timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
     results = []
     for mode in args.modes:
-        timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
         result = Result(name, timm_name, timm_kwargs, size, batch, mode, args.precision, args.compile, diff)
-        for m in models.values():
-            m.train(mode == "train")
-        if mode == "train":
-            steps = {lib: make_train_step(m, x, y, amp) for lib, m in models.items()}
-        else:
-            steps = {lib: make_infer_step(m, x, amp) for lib, m in models.items()}
-        run_interleaved(steps, result, args, device)
+        run_interleaved(make_steps(models, mode, x, y, amp), result, args, device)
         print(format_row(result), file=sys.stderr)
         results.append(result)
     return results
@@ -269,8 +280,7 @@ def batch_size(name: str, args, device: torch.device) -> int:
 
 # -- reporting ----------------------------------------------------------------------------------------------
 def table_header(cuda: bool) -> str:
-    cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)",
-            "best step ÷"]
+    cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)"]
     if cuda:
         cols += ["timm peak MiB", "vitkit peak MiB"]
     return "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|"
@@ -280,8 +290,7 @@ def format_row(r: Result) -> str:
     s = r.summary()
     precision = r.precision + (" +compile" if r.compiled else "")
     cells = [r.model, str(r.img_size), str(r.batch), r.mode, precision, f"{s['timm_img_s']:.1f}",
-             f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})",
-             f"{s['ratio_best_step']:.3f}"]
+             f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})"]
     if r.peak_mib["timm"] is not None:
         cells += [f"{r.peak_mib['timm']:.0f}", f"{r.peak_mib['vitkit']:.0f}"]
     return "| " + " | ".join(cells) + " |"
@@ -303,6 +312,7 @@ def environment(args, device: torch.device) -> dict:
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
         "torch": torch.__version__,
         "timm": timm.__version__,
         "vitkit": vitkit.__version__,
@@ -329,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast, on CPU too")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
-    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds; even keeps the order balanced")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; even keeps the order balanced")
     p.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -345,6 +355,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.rounds, args.steps) < 1 or args.warmup < 0:
         p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     return args
+
+
+def warn_if_busy(device: torch.device) -> None:
+    """On CPU, say so when other jobs already keep the cores busy: the numbers will mostly measure waiting."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if device.type == "cpu" and load > cores and torch.get_num_threads() > 1:
+        print(f"note: load average {load:.1f} on {cores} cores; with {torch.get_num_threads()} threads a parallel "
+              "op waits for its slowest descheduled thread. --threads 1 gives steadier numbers.", file=sys.stderr)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -363,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     env = environment(args, device)
+    warn_if_busy(device)
     print(f"{env['device_name']} ({device}, {env['threads']} threads), torch {env['torch']}, timm {env['timm']}",
           file=sys.stderr)
     results = [r for name in args.models for r in bench_model(name, args, device)]
