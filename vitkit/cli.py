@@ -21,14 +21,11 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from .errors import VitkitError
 
-SUBCOMMANDS_WITH_DATA = ("fit", "validate", "test", "predict")
-
-
 class VitkitCLI(LightningCLI):
     """LightningCLI in subclass mode: a config names the task (`model.class_path`) and data module."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("trainer_defaults", {"default_root_dir": "runs", "callbacks": [LearningRateMonitor("step")]})
+        kwargs.setdefault("trainer_defaults", {"default_root_dir": "runs"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         self._resume_version: tuple[str, int] | None = None
@@ -73,9 +70,12 @@ class VitkitCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _default_callbacks(self, cfg) -> list:
-        """A Rich progress bar and a best + last ModelCheckpoint on the task's monitor, unless configured."""
+        """A Rich progress bar, a learning-rate monitor and a best + last ModelCheckpoint on the task's
+        monitor, each unless configured otherwise."""
         have = list(cfg.get("callbacks") or []) + list(self.trainer_defaults.get("callbacks", []))
         extra = []
+        if cfg.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in have):
+            extra.append(LearningRateMonitor("step"))
         if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in have):
             extra.append(RichProgressBar())
         if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
