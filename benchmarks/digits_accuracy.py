@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -41,7 +42,7 @@ def run_recipe(name: str, seed: int) -> dict:
     dm = ClassificationDataModule(dataset="digits", img_size=32, batch_size=64, **data_kw)
     task = ImageClassifier("vit_tiny_patch4_32", num_classes=10, img_size=32, model_kwargs=model_kw, **task_kw)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, deterministic=False)
+                         enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="vitkit-digits-"))
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     seconds = time.perf_counter() - start

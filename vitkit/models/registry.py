@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from typing import Callable
 
 from torch import nn
@@ -23,10 +24,16 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_MODELS, pattern))
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; keyword arguments override its config (num_classes, img_size, ...)."""
+def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
+    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`."""
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models()"
         raise ValueError(f"unknown model {name!r}{hint}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    if pretrained is not None:
+        from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
+
+        load_pretrained(model, pretrained)
+    return model

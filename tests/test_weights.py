@@ -1,0 +1,284 @@
+"""Checkpoint loading (vitkit.weights): each source format gives the source model's outputs, pos_embed is
+resampled, a mismatched head is replaced and reported, and bad files fail with a message naming them."""
+import re
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import vitkit
+from vitkit.errors import CheckpointError
+from vitkit.models.vit import VisionTransformer
+from vitkit.nn.embed import resample_pos_embed
+from vitkit.weights import LoadReport, load_checkpoint_file, load_pretrained
+
+# One tiny config shared by every source: 32x32 images, 8x8 patches (4x4 grid), width 64, 2 blocks.
+TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def _vitkit(img_size=32, num_classes=5, **kw) -> VisionTransformer:
+    return VisionTransformer(img_size=img_size, num_classes=num_classes, **{**TINY, **kw}).eval()
+
+
+def _timm(img_size=32, num_classes=5, **kw):
+    vit = timm.models.vision_transformer.VisionTransformer
+    return vit(img_size=img_size, num_classes=num_classes, **{**TINY, **kw}).eval()
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Random values everywhere (prefix tokens, norms, biases too), so a mis-mapped tensor cannot hide."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def _images(n=2, size=32):
+    return torch.randn(n, 3, size, size)
+
+
+def _assert_body_equal(model: torch.nn.Module, sd: dict, skip=("head.",)) -> None:
+    for k, v in model.state_dict().items():
+        if not k.startswith(skip):
+            torch.testing.assert_close(v, sd[k], rtol=0, atol=0, msg=k)
+
+
+# ------------------------------------------------------------------------------------ parity per format
+def test_timm_checkpoint_gives_timm_outputs(tmp_path):
+    src = _randomise(_timm())
+    torch.save(src.state_dict(), tmp_path / "timm.pth")
+    model = _vitkit()
+    report = load_pretrained(model, tmp_path / "timm.pth", strict=True)
+    assert report.format == "timm" and report.ok and not report.dropped and not report.resampled
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=1e-5)
+
+
+def test_timm_register_token_checkpoint_gives_timm_outputs(tmp_path):
+    """no_embed_class + register tokens: pos_embed covers the patches only."""
+    cfg = dict(reg_tokens=4, no_embed_class=True)
+    src = _randomise(_timm(**cfg))
+    save_file(src.state_dict(), str(tmp_path / "reg.safetensors"))
+    model = _vitkit(**cfg)
+    assert load_pretrained(model, tmp_path / "reg.safetensors", strict=True).ok
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=1e-5)
+
+
+def test_torchvision_checkpoint_gives_torchvision_outputs(tmp_path):
+    src = _randomise(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128, num_classes=5
+    )).eval()
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "vit_b_16.safetensors"))
+    model = _vitkit()
+    report = load_pretrained(model, tmp_path / "vit_b_16.safetensors", strict=True)
+    assert report.format == "torchvision" and report.ok and not report.dropped
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=1e-5)
+
+
+# transformers 5 names its modules `layers.N.attention.q_proj`; checkpoints on the Hub keep the older names.
+_HUB_NAMES = [
+    (r"\.layers\.(\d+)\.attention\.q_proj\.", r".encoder.layer.\1.attention.attention.query."),
+    (r"\.layers\.(\d+)\.attention\.k_proj\.", r".encoder.layer.\1.attention.attention.key."),
+    (r"\.layers\.(\d+)\.attention\.v_proj\.", r".encoder.layer.\1.attention.attention.value."),
+    (r"\.layers\.(\d+)\.attention\.o_proj\.", r".encoder.layer.\1.attention.output.dense."),
+    (r"\.layers\.(\d+)\.mlp\.fc1\.", r".encoder.layer.\1.intermediate.dense."),
+    (r"\.layers\.(\d+)\.mlp\.fc2\.", r".encoder.layer.\1.output.dense."),
+    (r"\.layers\.(\d+)\.", r".encoder.layer.\1."),
+]
+
+
+def _hub_layout(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        k = "." + k
+        for pattern, repl in _HUB_NAMES:
+            k, n = re.subn(pattern, repl, k)
+            if n:
+                break
+        out[k[1:]] = v
+    return out
+
+
+def _hf_config(cls, **kw):
+    # layer_norm_eps: transformers defaults to 1e-12, timm/torchvision/vitkit use 1e-6.
+    return cls(image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2, hidden_size=64,
+               intermediate_size=128, num_labels=5, layer_norm_eps=1e-6, **kw)
+
+
+@pytest.mark.parametrize("layout", ["transformers", "hub"])
+def test_transformers_classifier_gives_transformers_logits(tmp_path, layout):
+    transformers = pytest.importorskip("transformers")
+    src = _randomise(transformers.ViTForImageClassification(_hf_config(transformers.ViTConfig))).eval()
+    sd = src.state_dict()
+    if layout == "hub":
+        sd = _hub_layout(sd)
+        assert "vit.encoder.layer.0.attention.attention.query.weight" in sd
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    model = _vitkit()
+    report = load_pretrained(model, tmp_path / "pytorch_model.bin", strict=True)
+    assert report.format == "transformers" and report.ok and not report.dropped
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x).logits, rtol=0, atol=1e-5)
+
+
+def test_transformers_backbone_gives_its_features_and_reports_the_fresh_head(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    src = _randomise(transformers.ViTModel(_hf_config(transformers.ViTConfig))).eval()
+    save_file(dict(src.state_dict()), str(tmp_path / "model.safetensors"))
+    model = _vitkit()
+    report = load_pretrained(model, tmp_path / "model.safetensors")
+    assert report.head_reinitialised and set(report.missing) == {"head.weight", "head.bias"}
+    assert set(report.dropped) == {"pooler.dense.weight", "pooler.dense.bias"} and not report.unexpected
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), src(x).last_hidden_state, rtol=0, atol=1e-5)
+
+
+def test_transformers_deit_distillation_token_is_dropped_and_reported(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    src = _randomise(transformers.DeiTForImageClassificationWithTeacher(_hf_config(transformers.DeiTConfig))).eval()
+    sd = src.state_dict()
+    model = _vitkit()
+    with pytest.raises(CheckpointError, match="distillation"):
+        load_pretrained(model, sd, strict=True)
+    report = load_pretrained(model, sd)
+    assert "deit.embeddings.distillation_token" in report.dropped and "distillation" in str(report)
+    assert report.ok and not report.head_reinitialised  # cls_classifier became the head
+    pe = sd["deit.embeddings.position_embeddings"]
+    torch.testing.assert_close(model.pos_embed, torch.cat([pe[:, :1], pe[:, 2:]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(model.head.weight, sd["cls_classifier.weight"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ adapting to the model
+@pytest.mark.parametrize("cfg", [{}, dict(reg_tokens=4, no_embed_class=True)], ids=["cls", "reg4_no_embed_class"])
+def test_pos_embed_is_resampled_to_a_larger_image_keeping_prefix_positions(tmp_path, cfg):
+    src = _randomise(_timm(**cfg))
+    torch.save(src.state_dict(), tmp_path / "timm.pth")
+    model = _vitkit(img_size=64, **cfg)
+    report = load_pretrained(model, tmp_path / "timm.pth", strict=True)
+    assert "4x4 -> 8x8" in report.resampled["pos_embed"] and "4x4 -> 8x8" in str(report)
+    prefix = 0 if cfg else 1
+    assert model.pos_embed.shape == (1, prefix + 64, 64)
+    old = src.pos_embed.detach()
+    torch.testing.assert_close(model.pos_embed[:, :prefix], old[:, :prefix], rtol=0, atol=0)  # class position exact
+    torch.testing.assert_close(model.pos_embed, resample_pos_embed(old, (8, 8), (4, 4), num_prefix_tokens=prefix))
+    with torch.no_grad():
+        assert torch.isfinite(model(_images(size=64))).all()
+
+
+def test_head_of_another_class_count_is_replaced_and_reported(tmp_path, caplog):
+    src = _randomise(_timm(num_classes=5))
+    torch.save(src.state_dict(), tmp_path / "timm.pth")
+    model = _vitkit(num_classes=3)
+    fresh_head = model.head.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="vitkit.weights"):
+        report = load_pretrained(model, tmp_path / "timm.pth", strict=True)  # a replaced head is allowed
+    assert report.head_reinitialised and set(report.dropped) == {"head.weight", "head.bias"}
+    assert "5 classes, model 3" in report.dropped["head.weight"] and "re-initialised" in str(report)
+    assert "classifier head re-initialised" in caplog.text  # logged as a warning, not only returned
+    torch.testing.assert_close(model.head.weight, fresh_head, rtol=0, atol=0)
+    _assert_body_equal(model, src.state_dict())
+    with pytest.raises(CheckpointError, match=r"num_classes=5"):
+        load_pretrained(_vitkit(num_classes=3), tmp_path / "timm.pth", num_classes_changed_ok=False)
+    headless = _vitkit(num_classes=0)  # a feature extractor: the checkpoint's head is dropped, nothing re-initialised
+    report = load_pretrained(headless, tmp_path / "timm.pth", strict=True)
+    assert set(report.dropped) == {"head.weight", "head.bias"} and not report.head_reinitialised and report.ok
+    _assert_body_equal(headless, src.state_dict())
+
+
+def test_strict_refuses_a_missing_key_without_touching_the_model(tmp_path):
+    sd = _randomise(_timm()).state_dict()
+    del sd["blocks.1.norm2.weight"]
+    sd["extra.weight"] = torch.zeros(2)
+    model = _vitkit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"missing blocks\.1\.norm2\.weight.*unexpected extra\.weight"):
+        load_pretrained(model, sd, strict=True)
+    _assert_body_equal(model, before, skip=())
+    report = load_pretrained(model, sd)
+    assert report.missing == ["blocks.1.norm2.weight"] and report.unexpected == ["extra.weight"] and not report.ok
+    assert "missing" in str(report) and "blocks.1.norm2.weight" in str(report)
+
+
+def test_checkpoint_of_another_width_names_the_tensors(tmp_path):
+    sd = _timm(embed_dim=32).state_dict()
+    expected = r"patch_embed\.proj\.weight: checkpoint \(32, 3, 8, 8\), model \(64, 3, 8, 8\)"
+    with pytest.raises(CheckpointError, match=expected):
+        load_pretrained(_vitkit(), sd)
+
+
+# ------------------------------------------------------------------------------------ wrappers and files
+def test_compiled_ddp_and_lightning_checkpoints_load(tmp_path):
+    src = _randomise(_vitkit())
+    compiled = torch.compile(src).state_dict()  # keys start with `_orig_mod.`; compiling happens on first call
+    assert all(k.startswith("_orig_mod.") for k in compiled)
+    torch.save(compiled, tmp_path / "compiled.pt")
+    lightning = {
+        "epoch": 3,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": {**{f"model.{k}": v for k, v in compiled.items()}, "criterion.weight": torch.ones(5)},
+        "optimizer_states": [],
+    }
+    torch.save(lightning, tmp_path / "last.ckpt")
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 1}, tmp_path / "ddp.pth")
+    for name in ("compiled.pt", "last.ckpt", "ddp.pth"):
+        assert set(load_checkpoint_file(tmp_path / name)) == set(src.state_dict()), name
+        model = _vitkit()
+        assert load_pretrained(model, tmp_path / name, strict=True).ok
+        _assert_body_equal(model, src.state_dict(), skip=())
+
+
+def test_create_model_pretrained_loads_and_resamples(tmp_path):
+    src = _randomise(vitkit.create_model("vit_nano_patch4_32", num_classes=10)).eval()
+    save_file(src.state_dict(), str(tmp_path / "nano.safetensors"))
+    same = vitkit.create_model("vit_nano_patch4_32", num_classes=10, pretrained=tmp_path / "nano.safetensors").eval()
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), src(x), rtol=0, atol=0)
+    path = str(tmp_path / "nano.safetensors")
+    bigger = vitkit.create_model("vit_nano_patch4_32", img_size=48, num_classes=3, pretrained=path)
+    assert bigger.pos_embed.shape == (1, 1 + 144, 128)
+    _assert_body_equal(bigger, src.state_dict(), skip=("head.", "pos_embed"))
+
+
+@pytest.mark.parametrize("name, content", [
+    ("random.pth", lambda sd_bytes: bytes(range(256)) * 8),
+    ("truncated.pth", lambda sd_bytes: sd_bytes[: len(sd_bytes) // 2]),
+    ("random.safetensors", lambda sd_bytes: b"\x00\x01not a safetensors header" * 10),
+])
+def test_corrupted_file_names_the_file(tmp_path, name, content):
+    torch.save(_vitkit().state_dict(), tmp_path / "good.pth")
+    (tmp_path / name).write_bytes(content((tmp_path / "good.pth").read_bytes()))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(name)}: cannot be read .*expected"):
+        load_pretrained(_vitkit(), tmp_path / name)
+
+
+def test_missing_file_and_unknown_suffix_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nowhere\.pth: no such file"):
+        load_checkpoint_file(tmp_path / "nowhere.pth")
+    (tmp_path / "weights.npz").write_bytes(b"x")
+    expected = r"weights\.npz: unknown file type '\.npz'; expected one of .*\.safetensors"
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint_file(tmp_path / "weights.npz")
+
+
+def test_resnet_state_dict_is_refused_listing_its_keys(tmp_path):
+    torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(_vitkit(), tmp_path / "resnet18.pth")
+    msg = str(err.value)
+    assert "resnet18.pth" in msg and "not a Vision Transformer" in msg
+    assert "conv1.weight" in msg and "patch_embed.proj.weight" in msg and "conv_proj.weight" in msg
+
+
+def test_report_reads_as_a_summary():
+    report = LoadReport(source="a.pth", format="timm")
+    assert str(report) == "loaded a.pth (timm format)\n  every key matched" and report.ok
