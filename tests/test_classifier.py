@@ -107,3 +107,16 @@ def test_short_training_on_digits_lowers_loss_and_writes_test_report(tmp_path):
     assert total == len(dm.get_dataset("test"))
     assert correct / total == pytest.approx(result["test/acc"], abs=1e-6)
     assert (out / "confusion_matrix.png").stat().st_size > 2000
+
+
+def test_pretrained_timm_checkpoint_starts_the_classifier(tmp_path):
+    """`model.init_args.pretrained` in YAML: encoder weights come from the file, a 1000-class head is replaced."""
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000, patch_size=4, img_size=16,
+                               depth=2, embed_dim=64, num_heads=2)
+    torch.save(source.state_dict(), tmp_path / "timm_vit.pth")
+    clf = tiny_classifier(pretrained=str(tmp_path / "timm_vit.pth"))
+    assert torch.equal(clf.model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+    assert torch.equal(clf.model.pos_embed, source.pos_embed)
+    assert clf.model.head.weight.shape == (10, 64)

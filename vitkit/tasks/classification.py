@@ -31,6 +31,8 @@ class ImageClassifier(pl.LightningModule):
         num_classes: number of classes (linked from the data module by the CLI).
         img_size: input size (linked from the data module by the CLI); None keeps the model's default.
         model_kwargs: further keyword arguments for the model (depth, drop_path_rate, global_pool, ...).
+        pretrained: checkpoint file (timm, torchvision or transformers ViT) to start from; position
+            embeddings are resampled to ``img_size`` and a head of another class count is replaced.
         class_names: names shown in predictions and reports (linked from the data module).
         lr: peak learning rate after warm-up.
         weight_decay: AdamW weight decay (never applied to norms, biases, position/class tokens).
@@ -51,6 +53,7 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int = 10,
         img_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
         class_names: list[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -69,7 +72,7 @@ class ImageClassifier(pl.LightningModule):
         if img_size is not None:
             kwargs["img_size"] = img_size
         try:
-            self.model = create_model(model, num_classes=num_classes, **kwargs)
+            self.model = create_model(model, pretrained=pretrained, num_classes=num_classes, **kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
