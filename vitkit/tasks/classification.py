@@ -1,22 +1,26 @@
 """Image classification task: a registered vitkit encoder trained with label-smoothed cross-entropy,
-AdamW and warm-up + cosine (the DeiT recipe, Touvron et al. 2021), evaluated with top-1/top-k accuracy."""
+AdamW and warm-up + cosine (the DeiT recipe, Touvron et al. 2021), evaluated with top-1/top-k accuracy;
+fine-tuning options (freezing, Mixup/CutMix, weight EMA, gradient checkpointing, torch.compile) from YAML."""
 from __future__ import annotations
 
 import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from ..errors import ConfigError
 from ..models import create_model
+from .finetune import BatchMixer, build_ema, freeze_
 from .optim import build_adamw, warmup_cosine_scheduler
 from .reports import per_class_table, save_confusion_matrix
 
@@ -42,6 +46,18 @@ class ImageClassifier(pl.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr`` at the end of the cosine.
         label_smoothing: cross-entropy label smoothing.
         top_k: how many labels ``predict`` returns per image, and the k of ``acc_top5``-style accuracy.
+        freeze: "none" trains everything; "encoder" is a linear probe (only ``head`` and ``fc_norm`` train);
+            an int N freezes the patch/position embeddings, class/register tokens and the first N blocks.
+            Frozen parameters get ``requires_grad=False`` and stay out of the optimiser.
+        mixup: Mixup alpha (0: off); targets become soft and the loss soft-target cross-entropy.
+        cutmix: CutMix alpha (0: off); with both on, timm's Mixup switches between them per batch.
+        mix_prob: probability that a training batch is mixed at all (when ``mixup`` or ``cutmix`` is on).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.9998; None: off),
+            updated after every optimiser step; validation, test, predict and ``eval()`` forwards use it, and
+            checkpoints store it under ``ema_state_dict``.
+        grad_checkpointing: recompute block activations in backward (less memory, ~30% slower).
+        compile: ``torch.compile`` the model in place (state-dict keys unchanged, so checkpoints load either way).
+        compile_backend: the ``torch.compile`` backend ("inductor", "aot_eager", "eager", ...).
     """
 
     monitor = "val/acc"
@@ -63,6 +79,14 @@ class ImageClassifier(pl.LightningModule):
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         top_k: int = 5,
+        freeze: Literal["none", "encoder"] | int = "none",
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 1.0,
+        ema_decay: float | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +99,17 @@ class ImageClassifier(pl.LightningModule):
             self.model = create_model(model, pretrained=pretrained, num_classes=num_classes, **kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.frozen = freeze_(self.model, freeze)
+        self.model.set_grad_checkpointing(grad_checkpointing)
+        self.mixer = BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0 else None
+        self.soft_ce = SoftTargetCrossEntropy()
+        # kept out of the module tree (not in state_dict/parameters()/summary): see on_save_checkpoint and _apply
+        self.__dict__["ema"] = build_ema(self.model, ema_decay) if ema_decay is not None else None
+        self._ema_step = -1
+        if compile:  # nn.Module.compile is in place: state-dict keys get no `_orig_mod.` prefix
+            self.model.compile(backend=compile_backend)
+            if self.ema is not None:
+                self.ema.module.compile(backend=compile_backend)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.k = min(top_k, num_classes)
         metrics = MetricCollection(
@@ -85,15 +120,53 @@ class ImageClassifier(pl.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self._predictions: list[dict] = []
 
+    @property
+    def net(self) -> nn.Module:
+        """The weights a forward uses: the live model in training, the EMA copy (when on) in eval mode."""
+        return self.ema.module if self.ema is not None and not self.training else self.model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.net(x)
 
     # -- training and evaluation --
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        loss = self.training_loss(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Label-smoothed cross-entropy, or soft-target cross-entropy on a Mixup/CutMix batch."""
+        if self.mixer is None:
+            return F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
+        x, target = self.mixer(x, y)  # (B, C, H, W), (B, K) soft targets
+        return self.soft_ce(self(x), target)
+
+    # -- weight EMA (timm ModelEmaV3), outside the module tree --
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.trainer.global_step  # counts optimiser steps, so gradient accumulation is respected
+        if self.ema is not None and step != self._ema_step:
+            self.ema.update(self.model)
+            self._ema_step = step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.module.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the EMA; a checkpoint saved without one starts the EMA from its live weights."""
+        if self.ema is None:
+            return
+        state = checkpoint.get("ema_state_dict")
+        if state is None:
+            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.ema.module.load_state_dict(state)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Device/dtype moves (`.to`, `.cuda`, `.half`) reach the EMA copy, which is not a registered child."""
+        super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("ema") is not None:
+            self.ema._apply(fn, *args, **kwargs)
+        return self
 
     def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
