@@ -264,3 +264,85 @@ def test_predict_dir_yields_sorted_paths(tmp_path, photos):
     assert names == sorted(paths) and images.shape == (2, 3, 16, 16)
     with pytest.raises(DatasetNotFoundError, match="data.predict_dir"):
         list_images(tmp_path / "empty_or_missing")
+
+
+# --- RandAugment / TrivialAugment ---
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
+def test_auto_augment_changes_training_draws_but_not_eval_images(policy):
+    resize = [{"name": "Resize", "height": 16, "width": 16}]  # deterministic, so only the auto-augment step is random
+    dm = ClassificationDataModule(dataset="digits", img_size=16, auto_augment=policy, train_transforms=resize)
+    plain = ClassificationDataModule(dataset="digits", img_size=16, train_transforms=resize)
+    train = dm.get_dataset("train")
+    draws = [train[i][0] for i in (0, 0, 0, 0)]  # the same image four times
+    assert sum(not torch.equal(draws[0], d) for d in draws[1:]) >= 2
+    assert draws[0].shape == (3, 16, 16) and draws[0].dtype == torch.float32
+    assert any(not torch.equal(d, plain.get_dataset("train")[0][0]) for d in draws)
+    for i in (0, 1):  # eval images are exactly those of the pipeline without auto-augment
+        assert torch.equal(dm.get_dataset("val")[i][0], plain.get_dataset("val")[i][0])
+
+
+def test_auto_augment_is_reproducible_from_the_pipeline_seed():
+    def draws(seed: int) -> list[torch.Tensor]:
+        dm = ClassificationDataModule(dataset="digits", img_size=16, auto_augment="randaugment", train_transforms=[])
+        dm.train_transform.set_random_seed(seed)
+        return [dm.get_dataset("train")[0][0] for _ in range(3)]
+
+    torch.manual_seed(123)  # the step keeps its own torch seed: the global torch stream neither drives nor moves
+    first, state = draws(1), torch.get_rng_state()
+    assert torch.equal(state, torch.get_rng_state()) and all(map(torch.equal, first, draws(1)))
+    assert not all(map(torch.equal, first, draws(2)))
+
+
+def test_auto_augment_none_keeps_the_default_pipeline():
+    default = ClassificationDataModule(dataset="digits")
+    none = ClassificationDataModule(dataset="digits", auto_augment="none")
+    assert repr(none.train_transform) == repr(default.train_transform)
+    assert "TorchvisionAutoAugment" not in repr(none.train_transform)
+    rand = ClassificationDataModule(dataset="digits", auto_augment="randaugment", randaugment_magnitude=5)
+    names = [type(t).__name__ for t in rand.train_transform.transforms]
+    assert names == ["Resize", "Affine", "TorchvisionAutoAugment", "Normalize", "ToTensorV2"]
+    assert "TorchvisionAutoAugment" not in repr(rand.eval_transform)
+
+
+def test_bad_auto_augment_is_a_config_error_naming_the_field():
+    with pytest.raises(ConfigError, match=r"data\.auto_augment.*'autoaugment'.*randaugment, trivialaugment"):
+        ClassificationDataModule(auto_augment="autoaugment")
+    with pytest.raises(ConfigError, match=r"data\.randaugment_magnitude.*31.*0\.\.30"):
+        ClassificationDataModule(auto_augment="randaugment", randaugment_magnitude=31)
+
+
+# --- class subsets ---
+
+
+def test_class_subset_relabels_digits_in_the_given_order():
+    full = ClassificationDataModule(dataset="digits")
+    dm = ClassificationDataModule(dataset="digits", classes=[5, 6, 7, 8, 9])
+    assert dm.num_classes == 5 and dm.class_names == ["5", "6", "7", "8", "9"]
+    for split in ("train", "val", "test"):
+        labels, all_labels = dm.get_dataset(split).labels, full.get_dataset(split).labels
+        assert set(labels.tolist()) == {0, 1, 2, 3, 4}
+        assert len(labels) == np.sum(all_labels >= 5)  # exactly the images of classes 5..9, about half
+        assert abs(len(labels) / len(all_labels) - 0.5) < 0.05
+    digits = load_digits().target
+    test = dm.get_dataset("test")
+    assert all(digits[int(name.rsplit("/", 1)[1])] == label + 5 for name, label in zip(test.names, test.labels))
+    swapped = ClassificationDataModule(dataset="digits", classes=[9, 0])
+    assert swapped.class_names == ["9", "0"]
+    names, labels = swapped.get_dataset("test").names, swapped.get_dataset("test").labels
+    assert all(digits[int(n.rsplit("/", 1)[1])] == (9 if y == 0 else 0) for n, y in zip(names, labels))
+
+
+def test_class_subset_of_an_image_folder(photos):
+    dm = ClassificationDataModule(dataset="imagefolder", root=photos["root"], img_size=8, classes=[1])
+    assert dm.class_names == ["dog"] and dm.num_classes == 1
+    train = dm.get_dataset("train").samples
+    assert len(train) == 5 and all("/dog/" in path and label == 0 for path, label in train)
+
+
+def test_class_index_out_of_range_names_the_field_and_valid_range():
+    with pytest.raises(ConfigError, match=r"data\.classes.*found \[3, 10\].*0\.\.9.*\[10\]"):
+        ClassificationDataModule(dataset="digits", classes=[3, 10])
+    with pytest.raises(ConfigError, match=r"data\.classes.*repeated: \[3\]"):
+        ClassificationDataModule(dataset="digits", classes=[3, 3])

@@ -22,7 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from vitkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 from .images import list_images, load_rgb, scan_images
-from .transforms import DEFAULT_TRANSFORMS, build_transforms, seed_transform
+from .transforms import DEFAULT_TRANSFORMS, AutoAugment, auto_augment_step, build_transforms, seed_transform
 
 log = logging.getLogger("vitkit")
 
@@ -142,8 +142,16 @@ class ClassificationDataModule(pl.LightningDataModule):
             `<root>/train` when there is no `<root>/val`. Stratified by class.
         test_fraction: share of all digits held out for testing (digits only; the others have a test set).
         seed: seed of the splits; the same seed gives the same split on every run.
+        classes: keep only these classes, given as indices into the dataset's class list (digits 0..9, the
+            torchvision class order, or the sorted folder names), relabelled 0..k-1 in the given order;
+            `num_classes` and `class_names` describe the subset. None keeps every class. For transfer
+            experiments, e.g. pretrain on digits [0, 1, 2, 3, 4] and fine-tune on [5, 6, 7, 8, 9].
         train_transforms: albumentations steps for training, e.g. `[{name: HorizontalFlip, p: 0.5}]`; None
             keeps the dataset's default augmentation. Normalize and ToTensorV2 are always appended.
+        auto_augment: "randaugment" or "trivialaugment" adds torchvision's RandAugment / TrivialAugmentWide
+            to the training pipeline (after `train_transforms`, before Normalize); "none" adds nothing.
+        randaugment_magnitude: RandAugment magnitude, 0..30 (torchvision's scale).
+        randaugment_ops: RandAugment operations per image.
         eval_transforms: the same for validation, test and predict; None resizes (and centre-crops photos).
         mean: per-channel mean for Normalize (pixel values scaled to 0..1).
         std: per-channel standard deviation for Normalize.
@@ -164,8 +172,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         seed: int = 0,
+        classes: list[int] | None = None,
         train_transforms: list[dict] | None = None,
         eval_transforms: list[dict] | None = None,
+        auto_augment: AutoAugment = "none",
+        randaugment_magnitude: int = 9,
+        randaugment_ops: int = 2,
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         skip_corrupt: bool = False,
@@ -174,10 +186,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         _check_hparams(self.hparams)
-        self._class_names = _class_names(dataset, root)
+        all_names = _class_names(dataset, root)
+        self._label_map = _subset_label_map(classes, all_names, dataset)  # original label -> new label, -1: dropped
+        self._class_names = all_names if classes is None else [all_names[i] for i in classes]
+        self._all_class_names = all_names
         default = DEFAULT_TRANSFORMS[dataset]
+        auto = auto_augment_step(auto_augment, randaugment_magnitude, randaugment_ops, "data.auto_augment")
         self.train_transform = build_transforms(
-            train_transforms, default(img_size, train=True), "data.train_transforms", mean, std
+            train_transforms, default(img_size, train=True), "data.train_transforms", mean, std, extra=auto
         )
         self.eval_transform = build_transforms(
             eval_transforms, default(img_size, train=False), "data.eval_transforms", mean, std
@@ -280,8 +296,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             indices = np.arange(len(labels))
         else:
             (images, labels), indices = self._official_train, self._train_val_indices[split]
+        if self._label_map is not None:  # data.classes: keep the chosen classes, relabelled
+            indices = indices[self._label_map[labels[indices]] >= 0]
         names = [f"{dataset}/{split}/{i}" for i in indices]
-        return images[indices], labels[indices], names
+        return images[indices], self._relabel(labels[indices]), names
+
+    def _relabel(self, labels: np.ndarray) -> np.ndarray:
+        return labels if self._label_map is None else self._label_map[labels]
 
     @functools.cached_property
     def _digits_indices(self) -> dict[str, np.ndarray]:
@@ -332,8 +353,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _folder(self, name: str) -> list[Sample]:
         """Samples of `<root>/<name>`, read (and with skip_corrupt, scanned) once."""
         if name not in self._folders:
-            class_to_idx = {class_name: i for i, class_name in enumerate(self._class_names)}
+            class_to_idx = {class_name: i for i, class_name in enumerate(self._all_class_names)}
             samples = folder_samples(os.path.join(self.hparams.root, name), class_to_idx)
+            if self._label_map is not None:  # data.classes: keep the chosen classes, relabelled
+                keep = self._label_map
+                samples = [(path, int(keep[label])) for path, label in samples if keep[label] >= 0]
             self._folders[name] = self._drop_unreadable(samples)
         return self._folders[name]
 
@@ -363,6 +387,21 @@ def _check_hparams(h) -> None:
 def _require(ok: bool, field: str, found: object, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{field}: found {found!r}; expected {expected}")
+
+
+def _subset_label_map(classes: list[int] | None, names: list[str], dataset: str) -> np.ndarray | None:
+    """Original label -> position in `classes` (-1 for the others), or None to keep all; checks data.classes."""
+    if classes is None:
+        return None
+    valid = f"distinct class indices in 0..{len(names) - 1} (the {len(names)} classes of {dataset})"
+    _require(len(classes) > 0, "data.classes", classes, f"a non-empty list of {valid}, or null for all")
+    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(names)]
+    _require(not bad, "data.classes", classes, f"{valid}; out of range or not an integer: {bad}")
+    dupes = sorted({c for c in classes if list(classes).count(c) > 1})
+    _require(not dupes, "data.classes", classes, f"{valid}; repeated: {dupes}")
+    label_map = np.full(len(names), -1, dtype=np.int64)
+    label_map[list(classes)] = np.arange(len(classes))
+    return label_map
 
 
 def _class_names(dataset: str, root: str) -> list[str]:

@@ -5,10 +5,14 @@ import difflib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import cv2
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
+from torchvision.transforms import v2 as tv2
 
 from vitkit.errors import ConfigError
 
@@ -56,12 +60,72 @@ DEFAULT_TRANSFORMS = {
 }
 
 
+AutoAugment = Literal["none", "randaugment", "trivialaugment"]
+AUTO_AUGMENTS: tuple[str, ...] = get_args(AutoAugment)
+
+
+class TorchvisionAutoAugment(A.ImageOnlyTransform):
+    """RandAugment (Cubuk et al. 2020) or TrivialAugment (Müller & Hutter 2021) as an albumentations step.
+
+    albumentations has neither, so this wraps torchvision's `v2.RandAugment` / `v2.TrivialAugmentWide` on the
+    uint8 (H, W, C) image. torchvision draws from torch's global RNG; each call here runs it under a torch seed
+    drawn from this step's own generator, so `Compose.set_random_seed` (see `seed_transform`) governs it like
+    every other step and the global torch stream (model init, dropout, shuffling) is left untouched.
+
+    Args:
+        policy: "randaugment" or "trivialaugment".
+        magnitude: RandAugment magnitude, 0..30 (torchvision's scale; 9 is the paper's ImageNet value).
+        num_ops: RandAugment operations applied in sequence per image.
+        p: probability of applying the step.
+    """
+
+    def __init__(self, policy: str = "randaugment", magnitude: int = 9, num_ops: int = 2, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.policy, self.magnitude, self.num_ops = policy, magnitude, num_ops
+        if policy == "randaugment":
+            self.op = tv2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        elif policy == "trivialaugment":
+            self.op = tv2.TrivialAugmentWide()
+        else:
+            raise ValueError(f"policy {policy!r} is not 'randaugment' or 'trivialaugment'")
+
+    def get_params(self) -> dict[str, Any]:
+        return {"torch_seed": int(self.random_generator.integers(2**63))}
+
+    def apply(self, img: np.ndarray, torch_seed: int = 0, **params: Any) -> np.ndarray:
+        chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            out = self.op(chw)
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("policy", "magnitude", "num_ops")
+
+
+def auto_augment_step(
+    policy: str, magnitude: int = 9, num_ops: int = 2, field: str = "data.auto_augment"
+) -> list[A.BasicTransform]:
+    """[] for "none", else one TorchvisionAutoAugment step; a bad policy or range is a ConfigError naming `field`."""
+    if policy not in AUTO_AUGMENTS:
+        raise ConfigError(f"{field}: found {policy!r}; expected one of {', '.join(AUTO_AUGMENTS)}")
+    if policy == "none":
+        return []
+    prefix = field.rsplit(".", 1)[0]
+    if not 0 <= magnitude <= 30:
+        raise ConfigError(f"{prefix}.randaugment_magnitude: found {magnitude!r}; expected an integer in 0..30")
+    if num_ops < 1:
+        raise ConfigError(f"{prefix}.randaugment_ops: found {num_ops!r}; expected 1 or more")
+    return [TorchvisionAutoAugment(policy, magnitude=magnitude, num_ops=num_ops)]
+
+
 def build_transforms(
     spec: Sequence[Mapping] | None,
     default: Sequence[A.BasicTransform],
     field: str,
     mean: Sequence[float],
     std: Sequence[float],
+    extra: Sequence[A.BasicTransform] = (),
 ) -> A.Compose:
     """A pipeline from a YAML list, or `default` when `spec` is None; Normalize + ToTensorV2 are always appended.
 
@@ -72,6 +136,8 @@ def build_transforms(
         field: config field of `spec`, used in error messages (e.g. "data.train_transforms").
         mean: per-channel mean of Normalize, for pixel values scaled to 0..1.
         std: per-channel standard deviation of Normalize.
+        extra: steps appended after the augmentations and before Normalize (e.g. `auto_augment_step(...)`,
+            which like timm runs after the crop and flip).
 
     Returns:
         A Compose mapping `image=` an (H, W, 3) uint8 array to a (3, H, W) float32 tensor.
@@ -82,7 +148,7 @@ def build_transforms(
         raise ConfigError(f"{field}: expected a list like [{{name: HorizontalFlip, p: 0.5}}]; found {spec!r}")
     else:
         steps = [make_transform(entry, where=f"{field}[{i}]") for i, entry in enumerate(spec)]
-    return A.Compose([*steps, A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
+    return A.Compose([*steps, *extra, A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
 
 
 def make_transform(entry: Mapping, where: str) -> A.BasicTransform:
