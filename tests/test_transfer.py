@@ -24,7 +24,7 @@ def _data(classes: list[int], seed: int) -> ClassificationDataModule:
 
 def _classifier(dm: ClassificationDataModule, pretrained: str | None = None, lr: float = 2e-3) -> ImageClassifier:
     return ImageClassifier(model="vit_tiny_patch4_32", num_classes=dm.num_classes, img_size=IMG, model_kwargs=TINY,
-                           pretrained=pretrained, class_names=dm.class_names, lr=lr, warmup_epochs=0.1,
+                           pretrained=pretrained, reset_head=True, class_names=dm.class_names, lr=lr, warmup_epochs=0.1,
                            label_smoothing=0.0)
 
 
@@ -35,14 +35,6 @@ def _fit(model: ImageClassifier, dm: ClassificationDataModule, root: Path, **lim
     return trainer
 
 
-def encoder_only(ckpt: Path) -> Path:
-    """A copy of a Lightning checkpoint without the classifier head, so the fine-tune starts from the pretrained
-    encoder and a fresh head initialised exactly like the scratch model's (`load_pretrained` would keep a head of
-    the same class count, here one trained on the 5 source digits)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    out = ckpt.with_name(ckpt.stem + "-encoder.ckpt")
-    torch.save({"state_dict": {k: v for k, v in state.items() if not k.startswith("model.head.")}}, out)
-    return out
 
 
 @torch.no_grad()
@@ -64,7 +56,7 @@ def transfer_gap(tmp_path: Path, seed: int) -> dict[str, tuple[float, float]]:
     ckpt = tmp_path / "digits04.ckpt"
     trainer.save_checkpoint(ckpt)
     results = {}
-    for name, start in (("pretrained", str(encoder_only(ckpt))), ("scratch", None)):
+    for name, start in (("pretrained", str(ckpt)), ("scratch", None)):
         pl.seed_everything(seed, verbose=False)  # same batches, same head init, same steps
         target = _data([5, 6, 7, 8, 9], seed)
         model = _classifier(target, pretrained=start, lr=1e-3)

@@ -282,3 +282,21 @@ def test_resnet_state_dict_is_refused_listing_its_keys(tmp_path):
 def test_report_reads_as_a_summary():
     report = LoadReport(source="a.pth", format="timm")
     assert str(report) == "loaded a.pth (timm format)\n  every key matched" and report.ok
+
+
+def test_reset_head_keeps_a_fresh_classifier_even_when_the_checkpoint_head_fits(tmp_path):
+    import vitkit
+
+    source = vitkit.create_model("vit_tiny_patch4_32", num_classes=5, img_size=16, depth=1, embed_dim=32, num_heads=2)
+    torch.save(source.state_dict(), tmp_path / "src.pth")
+    torch.manual_seed(123)
+    fresh = vitkit.create_model("vit_tiny_patch4_32", num_classes=5, img_size=16, depth=1, embed_dim=32, num_heads=2)
+    torch.manual_seed(123)
+    model = vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "src.pth", reset_head=True, num_classes=5,
+                                img_size=16, depth=1, embed_dim=32, num_heads=2)
+    assert torch.equal(model.head.weight, fresh.head.weight)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    from vitkit.weights import load_pretrained
+
+    report = load_pretrained(fresh, tmp_path / "src.pth", strict=True, reset_head=True)
+    assert report.dropped == {"head.weight": "reset_head=True", "head.bias": "reset_head=True"} and report.head_reinitialised

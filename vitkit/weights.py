@@ -291,13 +291,15 @@ def load_pretrained(
     checkpoint: str | os.PathLike | Mapping,
     strict: bool = False,
     num_classes_changed_ok: bool = True,
+    reset_head: bool = False,
 ) -> LoadReport:
     """Load a timm, torchvision or transformers ViT checkpoint (a file or a state dict) into a vitkit
     `VisionTransformer`: rename keys, resample `pos_embed` to the model's patch grid (bicubic), replace a
     head whose number of classes differs (when `num_classes_changed_ok`), load, and report.
 
     `strict=True` raises CheckpointError, before changing the model, when any key other than the
-    classifier head would be missing, unexpected or dropped."""
+    classifier head would be missing, unexpected or dropped. `reset_head=True` leaves the model's classifier
+    at its initialisation even when the checkpoint's fits (transfer to another task with as many classes)."""
     is_file = isinstance(checkpoint, (str, os.PathLike))
     source = str(checkpoint) if is_file else "<state dict>"
     sd = load_checkpoint_file(checkpoint) if is_file else unwrap_state_dict(checkpoint, source)
@@ -307,6 +309,8 @@ def load_pretrained(
     target = model.state_dict()
     if "pos_embed" in sd and "pos_embed" in target:
         sd["pos_embed"] = _fit_pos_embed(sd["pos_embed"], model, source, report)
+    if reset_head:
+        report.dropped.update({k: "reset_head=True" for k in _HEAD_KEYS if sd.pop(k, None) is not None})
     _fit_head(sd, target, source, num_classes_changed_ok, report)
     _check_shapes(sd, target, source)
     report.missing = [k for k in target if k not in sd]

@@ -24,9 +24,10 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_MODELS, pattern))
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False, **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
-    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`."""
+    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`
+    (`reset_head=True` keeps the model's fresh classifier even when the checkpoint's would fit)."""
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models()"
@@ -35,5 +36,5 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **kwarg
     if pretrained is not None:
         from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
 
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, reset_head=reset_head)
     return model

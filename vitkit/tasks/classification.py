@@ -37,6 +37,8 @@ class ImageClassifier(pl.LightningModule):
         model_kwargs: further keyword arguments for the model (depth, drop_path_rate, global_pool, ...).
         pretrained: checkpoint file (timm, torchvision or transformers ViT) to start from; position
             embeddings are resampled to ``img_size`` and a head of another class count is replaced.
+        reset_head: with ``pretrained``, start the classifier afresh even when the checkpoint's head fits
+            (transfer to another task with the same number of classes).
         class_names: names shown in predictions and reports (linked from the data module).
         lr: peak learning rate after warm-up.
         weight_decay: AdamW weight decay (never applied to norms, biases, position/class tokens).
@@ -70,6 +72,7 @@ class ImageClassifier(pl.LightningModule):
         img_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        reset_head: bool = False,
         class_names: list[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -96,7 +99,7 @@ class ImageClassifier(pl.LightningModule):
         if img_size is not None:
             kwargs["img_size"] = img_size
         try:
-            self.model = create_model(model, pretrained=pretrained, num_classes=num_classes, **kwargs)
+            self.model = create_model(model, pretrained=pretrained, reset_head=reset_head, num_classes=num_classes, **kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
         self.frozen = freeze_(self.model, freeze)
