@@ -354,8 +354,8 @@ def _fit_head(sd: StateDict, target: StateDict, source: str, changed_ok: bool, r
     if expected is not None and found[1:] == expected[1:] and not changed_ok:
         raise CheckpointError(
             f"checkpoint {source}: head.weight has shape {found} ({found[0]} classes); the model expects {expected} "
-            f"({expected[0]} classes). Pass num_classes={found[0]}, "
-            f"or num_classes_changed_ok=True to re-initialise the head"
+            f"({expected[0]} classes). Pass num_classes={found[0]} to keep the checkpoint's classifier, or the "
+            f"number of classes you want to train a new one (num_classes_changed_ok=True in load_pretrained)"
         )
     if expected is not None and found[1:] != expected[1:]:
         return  # a width mismatch is a different model, reported by _check_shapes

@@ -27,7 +27,8 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False, **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
     `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`
-    (`reset_head=True` keeps the model's fresh classifier even when the checkpoint's would fit)."""
+    (`reset_head=True` keeps the model's fresh classifier even when the checkpoint's would fit). Without an
+    explicit `num_classes`, a checkpoint head of another class count is an error rather than a silent swap."""
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models()"
@@ -36,5 +37,5 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
     if pretrained is not None:
         from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
 
-        load_pretrained(model, pretrained, reset_head=reset_head)
+        load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
     return model
