@@ -313,3 +313,116 @@ def test_checkpoint_head_that_does_not_fit_without_num_classes_is_a_clear_error(
     model = vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "ten.pth", num_classes=3, img_size=16, depth=1,
                                 embed_dim=32, num_heads=2)
     assert model.head.weight.shape == (3, 32)
+
+
+# ------------------------------------------------------------------------------------ patch-size resampling
+def _per_patch_resize(x: torch.Tensor, p: int, q: int) -> torch.Tensor:
+    """Resize every p x p patch of `x` on its own to q x q with the operator timm's `resample_patch_embed` inverts."""
+    b, c, h, w = x.shape
+    gh, gw = h // p, w // p
+    t = x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, p, p)
+    t = torch.nn.functional.interpolate(t, size=(q, q), mode="bicubic", antialias=True, align_corners=False)
+    return t.reshape(b, gh, gw, c, q, q).permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * q, gw * q)
+
+
+def test_patch_embed_of_another_patch_size_is_resampled_flexivit_style():
+    torch.manual_seed(0)
+    src = _randomise(_timm(img_size=32, patch_size=8))
+    model = _vitkit(img_size=16, patch_size=4)  # same 4x4 grid, so pos_embed keeps its shape
+    report = load_pretrained(model, src.state_dict(), strict=True)
+    assert report.ok and "8x8 -> 4x4" in report.resampled["patch_embed.proj.weight"]
+    assert "pos_embed" not in report.resampled and model.patch_embed.proj.weight.shape == (64, 3, 4, 4)
+    assert "resampled patch_embed.proj.weight" in str(report)
+    _assert_body_equal(model, src.state_dict(), skip=("patch_embed.proj.weight",))
+    # Downsampling: w' = pinv(B^T) w is the least-squares fit of <x, w> by <Bx, w'>, close on smooth images.
+    smooth32 = torch.nn.functional.interpolate(torch.randn(4, 3, 8, 8), size=32, mode="bicubic", align_corners=False)
+    small16 = torch.nn.functional.interpolate(smooth32, size=16, mode="bicubic", antialias=True, align_corners=False)
+    random_model = _vitkit(img_size=16, patch_size=4)
+    with torch.no_grad():
+        ref = src.patch_embed(smooth32)
+        err = (model.patch_embed(small16) - ref).norm() / ref.norm()
+        random_err = (random_model.patch_embed(small16) - ref).norm() / ref.norm()
+    assert err < 0.3 and err < 0.3 * random_err, (err, random_err)  # measured: ~0.16 vs ~1.0
+
+
+def test_patch_embed_upsampling_is_exact_and_same_size_is_the_identity():
+    src = _randomise(_timm(img_size=16, patch_size=4))
+    model = _vitkit(img_size=32, patch_size=8)
+    report = load_pretrained(model, src.state_dict(), strict=True)
+    assert "4x4 -> 8x8" in report.resampled["patch_embed.proj.weight"]
+    # Upsampling B has full column rank, so <Bx, pinv(B^T) w> = <x, w> for every patch x: outputs match.
+    x16 = _images(size=16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(_per_patch_resize(x16, 4, 8)), src(x16), rtol=0, atol=1e-4)
+    same = _vitkit()
+    report = load_pretrained(same, _randomise(_timm()).state_dict())
+    assert not report.resampled
+    import timm.layers
+    w = torch.randn(8, 3, 8, 8)
+    assert timm.layers.resample_patch_embed(w, new_size=[8, 8]) is w
+
+
+def test_patch_size_mismatch_without_resampling_is_a_clear_error():
+    with pytest.raises(CheckpointError, match=r"patch_embed\.proj\.weight.*resample_patch_embed=True"):
+        load_pretrained(_vitkit(img_size=16, patch_size=4), _timm().state_dict(), resample_patch_embed=False)
+
+
+# ------------------------------------------------------------------------------------ Hugging Face cache
+def _fake_hub_cache(root, repo_id, sd, filename="model.safetensors"):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    path = repo / "snapshots" / commit / filename
+    if filename.endswith(".safetensors"):
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/vit_tiny_patch16_224.fake", "timm/vit_tiny_patch16_224.fake"])
+def test_hub_name_loads_from_the_local_cache(tmp_path, monkeypatch, name):
+    cache = tmp_path / "hub"
+    src = _randomise(_timm())
+    _fake_hub_cache(cache, "timm/vit_tiny_patch16_224.fake", src.state_dict())
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # read at call time (huggingface_hub reads it at import)
+    monkeypatch.chdir(tmp_path)  # `timm/...` must not exist as a relative path
+    model = _vitkit()
+    report = load_pretrained(model, name, strict=True)
+    assert report.ok and report.source.startswith("hf-hub:timm/vit_tiny_patch16_224.fake")
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=1e-5)
+
+
+def test_hub_name_falls_back_to_pytorch_model_bin_and_works_in_create_model(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    src = _randomise(vitkit.create_model("vit_nano_patch4_32", num_classes=10)).eval()
+    _fake_hub_cache(cache, "timm/nano.fake", src.state_dict(), filename="pytorch_model.bin")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    model = vitkit.create_model("vit_nano_patch4_32", num_classes=10, pretrained="hf-hub:timm/nano.fake").eval()
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
+
+
+def test_uncached_hub_name_is_a_clear_error_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    cache = tmp_path / "empty-hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import huggingface_hub
+
+    def no_download(*a, **k):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(_vitkit(), "hf-hub:timm/vit_tiny_patch16_224.missing")
+    msg = str(e.value)
+    assert "timm/vit_tiny_patch16_224.missing" in msg and str(cache) in msg
+    assert "HF_HUB_CACHE" in msg and "hf download timm/vit_tiny_patch16_224.missing" in msg
+    assert not cache.exists()
+    with pytest.raises(CheckpointError, match="not a Hub repo id"):
+        load_pretrained(_vitkit(), "hf-hub:no-slash")

@@ -292,6 +292,7 @@ def load_pretrained(
     strict: bool = False,
     num_classes_changed_ok: bool = True,
     reset_head: bool = False,
+    resample_patch_embed: bool = True,
 ) -> LoadReport:
     """Load a timm, torchvision or transformers ViT checkpoint (a file or a state dict) into a vitkit
     `VisionTransformer`: rename keys, resample `pos_embed` to the model's patch grid (bicubic), replace a
@@ -299,14 +300,27 @@ def load_pretrained(
 
     `strict=True` raises CheckpointError, before changing the model, when any key other than the
     classifier head would be missing, unexpected or dropped. `reset_head=True` leaves the model's classifier
-    at its initialisation even when the checkpoint's fits (transfer to another task with as many classes)."""
+    at its initialisation even when the checkpoint's fits (transfer to another task with as many classes).
+
+    `checkpoint` may also name a model on the Hugging Face Hub, `"hf-hub:timm/<name>"` (timm's convention;
+    `"timm/<name>"` when no such file exists), read from the local Hub cache only: nothing is downloaded.
+    `resample_patch_embed=True` resamples a patch embedding of another patch size (same width and channels)
+    to the model's with FlexiViT's pseudo-inverse resize (`timm.layers.resample_patch_embed`); `pos_embed` then
+    follows the model's patch grid as usual."""
     is_file = isinstance(checkpoint, (str, os.PathLike))
     source = str(checkpoint) if is_file else "<state dict>"
-    sd = load_checkpoint_file(checkpoint) if is_file else unwrap_state_dict(checkpoint, source)
+    if is_file and (repo_id := hub_repo_id(checkpoint)) is not None:
+        path = resolve_hub_checkpoint(repo_id)
+        source = f"{HUB_PREFIX}{repo_id} ({path})"
+        sd = load_checkpoint_file(path)
+    else:
+        sd = load_checkpoint_file(checkpoint) if is_file else unwrap_state_dict(checkpoint, source)
     fmt = detect_format(sd, source)
     sd, dropped = convert_state_dict(sd, fmt)
     report = LoadReport(source=source, format=fmt, dropped=dropped)
     target = model.state_dict()
+    if resample_patch_embed:
+        _fit_patch_embed(sd, target, report)
     if "pos_embed" in sd and "pos_embed" in target:
         sd["pos_embed"] = _fit_pos_embed(sd["pos_embed"], model, source, report)
     if reset_head:
@@ -321,6 +335,94 @@ def load_pretrained(
     model.load_state_dict(sd, strict=False)
     (logger.info if report.ok and not report.dropped else logger.warning)("%s", report)
     return report
+
+
+_PATCH_KEY = "patch_embed.proj.weight"
+PATCH_RESAMPLE_INTERPOLATION = "bicubic"  # timm's default (its own checkpoint filter uses it), antialiased
+
+
+def _fit_patch_embed(sd: StateDict, target: StateDict, report: LoadReport) -> None:
+    """Resample a (D, C, p, p) patch-embedding kernel to the model's (D, C, q, q) kernel (FlexiViT, Beyer et al.
+    2023): the new kernel is w' = pinv(B^T) w, where B resizes a p x p patch to q x q, so that <B x, w'> matches
+    <x, w> (exactly when upsampling; in the least-squares sense over white-noise patches when downsampling)."""
+    found, expected = sd.get(_PATCH_KEY), target.get(_PATCH_KEY)
+    if found is None or expected is None or found.shape == expected.shape:
+        return
+    if found.ndim != 4 or expected.ndim != 4 or found.shape[:2] != expected.shape[:2]:
+        return  # another width or channel count: a different model, reported by _check_shapes
+    from timm.layers import resample_patch_embed  # lazy: only this needs timm
+
+    new_size = [int(expected.shape[-2]), int(expected.shape[-1])]
+    old_size = tuple(found.shape[-2:])
+    sd[_PATCH_KEY] = resample_patch_embed(
+        found, new_size=new_size, interpolation=PATCH_RESAMPLE_INTERPOLATION, antialias=True
+    ).to(found.dtype)
+    report.resampled[_PATCH_KEY] = (
+        f"kernel {old_size[0]}x{old_size[1]} -> {new_size[0]}x{new_size[1]} "
+        f"(FlexiViT pseudo-inverse resize, {PATCH_RESAMPLE_INTERPOLATION}, antialiased)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- Hub cache
+HUB_PREFIX = "hf-hub:"
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes, in the order timm tries them
+
+
+def hub_repo_id(name: str | os.PathLike) -> str | None:
+    """The Hub repo id that `name` names: `"hf-hub:<org>/<name>"` (timm's convention), or `"timm/<name>"` when
+    that is no existing path and has no checkpoint suffix; None for a file path."""
+    if not isinstance(name, str):
+        return None
+    if name.startswith(HUB_PREFIX):
+        repo_id = name[len(HUB_PREFIX):]
+        if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+            raise CheckpointError(
+                f"checkpoint {name}: {repo_id!r} is not a Hub repo id; expected {HUB_PREFIX}<org>/<name>, "
+                f"e.g. {HUB_PREFIX}timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+            )
+        return repo_id
+    if (re.fullmatch(r"timm/[\w.\-]+", name) and Path(name).suffix.lower() not in _SUFFIXES
+            and not Path(name).exists()):
+        return name
+    return None
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache folder, read from the environment at each call (huggingface_hub reads it
+    once, at import): HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def resolve_hub_checkpoint(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of `repo_id`'s weights in the local Hub cache (`model.safetensors`, else `pytorch_model.bin`, at
+    the `main` revision). Never downloads: CheckpointError saying where it looked and how to fetch them."""
+    cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError as e:
+        raise CheckpointError(
+            f"checkpoint {HUB_PREFIX}{repo_id}: reading the Hugging Face cache needs huggingface_hub "
+            f"(pip install huggingface_hub); or pass the path of the checkpoint file"
+        ) from e
+    for filename in HUB_FILENAMES:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    raise CheckpointError(
+        f"checkpoint {HUB_PREFIX}{repo_id}: {repo_id} is not in the local Hugging Face cache {cache} (looked for "
+        f"{' or '.join(HUB_FILENAMES)} under {repo_dir}; the folder is HF_HUB_CACHE, else HF_HOME/hub, else "
+        f"~/.cache/huggingface/hub). vitkit never downloads: on a machine with network run "
+        f"`hf download {repo_id} model.safetensors` (older huggingface_hub: `huggingface-cli download "
+        f"{repo_id} model.safetensors`), then copy its cache folder here or point HF_HUB_CACHE at it; "
+        f"or pass the path of a downloaded checkpoint file"
+    )
 
 
 def _fit_pos_embed(pe: torch.Tensor, model: nn.Module, source: str, report: LoadReport) -> torch.Tensor:
@@ -370,10 +472,13 @@ def _check_shapes(sd: StateDict, target: StateDict, source: str) -> None:
     bad = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in sd.items()
            if k in target and v.shape != target[k].shape]
     if bad:
+        hint = ""
+        if any(k == _PATCH_KEY and f[:2] == e[:2] for k, f, e in bad):
+            hint = " (a patch embedding of another patch size loads with resample_patch_embed=True)"
         details = "; ".join(f"{k}: checkpoint {f}, model {e}" for k, f, e in bad[:4])
         raise CheckpointError(
             f"checkpoint {source}: {len(bad)} tensor(s) do not fit the model ({details}); expected the same "
-            f"architecture (embed_dim, depth, mlp_ratio, patch_size) as the checkpoint"
+            f"architecture (embed_dim, depth, mlp_ratio, patch_size) as the checkpoint{hint}"
         )
 
 
