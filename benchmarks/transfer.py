@@ -94,6 +94,8 @@ def finetune(args, steps: int, ckpt: str | None) -> dict:
     pl.seed_everything(args.seed, verbose=False)
     dm = _data(TARGET, args)
     model = _classifier(dm, args, lr=args.lr, pretrained=ckpt)
+    if ckpt and args.layer_decay:
+        model.hparams.layer_decay = args.layer_decay  # read by configure_optimizers
     start = time.perf_counter()
     _fit(model, dm, max_steps=steps, max_epochs=-1)
     acc, loss = evaluate(model, dm)
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=5e-4, help="fine-tune peak learning rate (both starts)")
+    parser.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay for the pretrained start only (BEiT-style fine-tuning); the scratch start always uses none")
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 30, 100])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", type=Path, help="reuse this digits 0-4 checkpoint (same --depth/--width/"
