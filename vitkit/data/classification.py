@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from vitkit.errors import ConfigError, DataError, DatasetNotFoundError
+from ..errors import ConfigError, DataError, DatasetNotFoundError
 
 from .images import list_images, load_rgb, scan_images
 from .transforms import DEFAULT_TRANSFORMS, AutoAugment, auto_augment_step, build_transforms, seed_transform

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from vitkit.errors import CorruptImageError, DatasetNotFoundError
+from ..errors import CorruptImageError, DatasetNotFoundError
 
 SKIP_HINT = "Set data.skip_corrupt: true to skip unreadable files (they are counted and logged)"
 

@@ -14,7 +14,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2 as tv2
 
-from vitkit.errors import ConfigError
+from ..errors import ConfigError
 
 
 def digits_transforms(img_size: int, train: bool) -> list[A.BasicTransform]:
