@@ -1,6 +1,7 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
 from .classification import ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples
 from .images import list_images, load_rgb, scan_images
+from .shapes import ShapesConfig, generate_shapes, render_scene
 from .transforms import (
     DEFAULT_TRANSFORMS,
     build_transforms,
@@ -27,4 +28,7 @@ __all__ = [
     "make_transform",
     "scan_images",
     "seed_transform",
+    "ShapesConfig",
+    "generate_shapes",
+    "render_scene",
 ]
