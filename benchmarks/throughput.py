@@ -48,11 +48,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import timm
+import timm.optim
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import vitkit
+from vitkit.tasks.optim import build_adamw
 
 # vitkit name -> (timm name, timm kwargs that make it the same architecture).
 TIMM_EQUIVALENT: dict[str, tuple[str, dict]] = {
@@ -163,10 +165,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def make_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Callable) -> Callable[[], None]:
-    """Forward, cross-entropy, backward and an AdamW step on a fixed batch."""
-    params = model._orig_mod.parameters() if hasattr(model, "_orig_mod") else model.parameters()
-    opt = torch.optim.AdamW(params, lr=1e-4)
+def library_optimizer(lib: str, model: nn.Module) -> torch.optim.Optimizer:
+    """Each library's own AdamW factory, as its training code builds it (weight decay 0.05, no decay on
+    norms/biases/tokens): timm's `create_optimizer_v2`, vitkit's `build_adamw` (fused where supported)."""
+    if lib == "timm":
+        return timm.optim.create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
+    return build_adamw(model, lr=1e-4, weight_decay=0.05)
+
+
+def make_train_step(lib: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Callable) -> Callable[[], None]:
+    """Forward, cross-entropy, backward and the library's AdamW step on a fixed batch."""
+    opt = library_optimizer(lib, getattr(model, "_orig_mod", model))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -191,7 +200,7 @@ def make_steps(models: dict[str, nn.Module], mode: str, x: torch.Tensor, y: torc
     for m in models.values():
         m.train(mode == "train")
     if mode == "train":
-        return {lib: make_train_step(m, x, y, amp) for lib, m in models.items()}
+        return {lib: make_train_step(lib, m, x, y, amp) for lib, m in models.items()}
     return {lib: make_infer_step(m, x, amp) for lib, m in models.items()}
 
 

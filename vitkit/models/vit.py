@@ -131,13 +131,17 @@ class VisionTransformer(nn.Module):
         return self.pos_drop(torch.cat(prefix + [x], dim=1) + self.pos_embed)
 
     def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(x))  # (B, C, H, W) -> (B, prefix + N, dim)
-        for blk in self.blocks:
+        """Images (B, C, H, W) -> normalised tokens (B, prefix + N, dim), every token (timm's contract)."""
+        return self.norm(self._blocks(self._pos_embed(self.patch_embed(x)), attn_mask))
+
+    def _blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None, last_queries: int | None = None) -> torch.Tensor:
+        for i, blk in enumerate(self.blocks):
+            nq = last_queries if i == len(self.blocks) - 1 else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, attn_mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, attn_mask, False, None, nq, use_reentrant=False)
             else:
-                x = blk(x, attn_mask=attn_mask)
-        return self.norm(x)
+                x = blk(x, attn_mask=attn_mask, num_queries=nq)
+        return x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
@@ -147,7 +151,14 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        """Logits (B, num_classes). With class-token pooling the head reads one token, so the last block
+        computes only that token's output (keys/values still from all tokens): the same logits as
+        `forward_head(forward_features(x))` for about 1/depth less work. Attention capture on the last
+        block turns this off, so its full attention map is recorded."""
+        if self.global_pool != "token" or not len(self.blocks) or self.blocks[-1].attn.capture:
+            return self.forward_head(self.forward_features(x))
+        x = self._blocks(self._pos_embed(self.patch_embed(x)), None, last_queries=1)  # (B, 1, dim)
+        return self.forward_head(self.norm(x))
 
 
 def _vit(config: dict, **kwargs) -> VisionTransformer:

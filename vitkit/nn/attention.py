@@ -86,7 +86,13 @@ class Attention(nn.Module):
         B, N, _ = t.shape
         return t.reshape(B, N, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
-    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None):
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None, num_queries: int | None = None):
+        if not self.cross and num_queries is not None:
+            # queries from the first tokens only, keys/values from all: the fused qkv weight split in two
+            C, w, b = x.shape[-1], self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :num_queries], w[:C], None if b is None else b[:C])
+            k, v = self._heads(F.linear(x, w[C:], None if b is None else b[C:]), 2).unbind(0)
+            return self._heads(q, 1)[0], k, v
         if not self.cross:
             q, k, v = self._heads(self.qkv(x), 3).unbind(0)
             if cache is not None:
@@ -111,10 +117,16 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        num_queries: int | None = None,
     ) -> torch.Tensor:
+        """`num_queries` (self-attention without cache): only the first `num_queries` tokens ask, all tokens
+        answer; the output is theirs, (B, num_queries, C) — exactly those rows of the full output."""
+        if num_queries is not None and (self.cross or cache is not None or is_causal):
+            raise ValueError("num_queries applies to non-causal self-attention without a KV cache")
         B, N, C = x.shape
+        N = N if num_queries is None else min(num_queries, N)
         past = cache.length if (cache is not None and not self.cross) else 0
-        q, k, v = self._project(x, context, cache)
+        q, k, v = self._project(x, context, cache, num_queries)
         q, k = self.q_norm(q), self.k_norm(k)
         if is_causal and (past > 0 or attn_mask is not None or self.capture):
             # SDPA's is_causal is top-left aligned and excludes a mask: spell the mask out instead.

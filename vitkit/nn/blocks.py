@@ -98,8 +98,17 @@ class EncoderBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        num_queries: int | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)))
+        """`num_queries`: compute the outputs of the first `num_queries` tokens only (all tokens still serve
+        as keys/values), e.g. the class token in a ViT's last block when the head reads nothing else."""
+        if num_queries is None:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)))
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if attn_mask is not None and attn_mask.ndim >= 2 and attn_mask.shape[-2] == x.shape[1]:
+            attn_mask = attn_mask[..., :num_queries, :]
+        out = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, num_queries=num_queries)
+        x = x[:, :num_queries] + self.drop_path1(self.ls1(out))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
