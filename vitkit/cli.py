@@ -161,8 +161,14 @@ def find_vitkit_error(err: BaseException | None) -> VitkitError | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2."""
+    """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2.
+    `explain ...` goes to `vitkit.explain.command` (argparse); everything else is LightningCLI."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["explain"]:
+            from .explain.command import main as explain
+
+            return explain(argv[1:])
         VitkitCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is (or wraps) one of vitkit's own errors
         found = find_vitkit_error(err)
