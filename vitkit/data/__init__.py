@@ -1,6 +1,7 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
 from .classification import ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples
 from .images import list_images, load_rgb, scan_images
+from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
 from .transforms import (
     DEFAULT_TRANSFORMS,
@@ -27,6 +28,9 @@ __all__ = [
     "load_rgb",
     "make_transform",
     "scan_images",
+    "SegmentationDataModule",
+    "load_mask",
+    "reduce_zero_label",
     "seed_transform",
     "ShapesConfig",
     "generate_shapes",

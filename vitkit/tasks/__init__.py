@@ -1,4 +1,5 @@
 """One LightningModule per task: loss, optimiser/schedule, metrics and prediction output."""
 from .classification import ImageClassifier
+from .segmentation import SemanticSegmenter
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "SemanticSegmenter"]

@@ -1,0 +1,342 @@
+"""Semantic segmentation task (Segmenter, Strudel et al. 2021; evaluation as in mmsegmentation): per-pixel
+cross-entropy with an ignore value and optional class weights, AdamW or SGD with warm-up and cosine or
+poly decay (layer-wise lr decay as for classification), sliding-window inference on images larger than the
+training crop, optional multi-scale + flip test, dataset-wide mIoU, per-class table and PNG overlays."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pytorch_lightning.utilities import rank_zero_only
+
+from ..errors import ConfigError
+from ..models.segmenter import create_segmenter, sliding_window_logits
+from .optim import build_adamw, param_groups, warmup_cosine_scheduler
+from .seg_metrics import colorize, confusion_metric, iou_table, overlay, save_index_png, save_panels, scores_from_confusion
+
+log = logging.getLogger("vitkit")
+
+
+class SemanticSegmenter(pl.LightningModule):
+    """Trains a registered segmentation model (`vitkit.models.segmenter.list_segmenters()`).
+
+    Batches are dicts from `SegmentationDataModule`: ``image`` (B, 3, H, W) (or a list of (3, H, W) at
+    evaluation), ``mask`` (B, H, W) int64 (or a list), ``path``.
+
+    Args:
+        model: registered segmentation model, e.g. ``segmenter_vit_small_patch16_512``.
+        num_classes: number of classes (linked from the data module by the CLI).
+        img_size: training crop and inference window side (linked from the data module); None: the model's.
+        model_kwargs: further arguments of the model: ``head`` ("linear", "mask_transformer", "conv"),
+            ``encoder`` (another registered ViT, or "timm:<name>"), ``encoder_kwargs``, ``head_kwargs``.
+        pretrained: checkpoint file (or ``hf-hub:timm/<name>`` in the local cache) for the encoder; position
+            embeddings are resampled to ``img_size``.
+        class_names: names in reports (linked from the data module).
+        ignore_index: mask value left out of the loss and the metrics; must match the data module's.
+        class_weights: per-class weights of the cross-entropy (K values), e.g. inverse frequencies.
+        lr: peak learning rate after warm-up.
+        weight_decay: weight decay (never on norms, biases, position/class tokens, class embeddings).
+        betas: AdamW betas.
+        layer_decay: layer-wise learning-rate decay of the encoder blocks (None: off); the head trains at ``lr``.
+        optimizer: "adamw", or "sgd" with ``momentum`` (the Segmenter paper's choice).
+        momentum: SGD momentum.
+        schedule: "cosine" (to ``min_lr_ratio * lr``) or "poly" (``(1 - t) ** poly_power``, floor ``min_lr_ratio``).
+        poly_power: exponent of the poly schedule.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed); ``warmup_steps`` wins when set.
+        warmup_steps: linear warm-up length in optimiser steps (for iteration-based recipes).
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        eval_resize: at evaluation, resize each image so its short side is ``img_size`` (long side at most 4x)
+            before the sliding windows, and score the logits resized back to the mask's resolution
+            (mmsegmentation's protocol). False: the image keeps its size.
+        slide_stride: stride of the evaluation windows (None: two thirds of ``img_size``).
+        test_scales: test/predict scales relative to the resized image, averaged as softmax scores
+            (e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] for the usual multi-scale test).
+        test_flip: also average the horizontally flipped image at test/predict time.
+        num_visualize: how many images ``test`` and ``predict`` draw as coloured masks and overlays.
+        grad_checkpointing: recompute encoder block activations in backward (less memory, ~30% slower).
+    """
+
+    monitor = "val/mIoU"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        model: str = "segmenter_vit_tiny_patch8_64",
+        num_classes: int = 5,
+        img_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        class_names: list[str] | None = None,
+        ignore_index: int = 255,
+        class_weights: list[float] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        layer_decay: float | None = None,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        momentum: float = 0.9,
+        schedule: Literal["cosine", "poly"] = "cosine",
+        poly_power: float = 0.9,
+        warmup_epochs: float = 1.0,
+        warmup_steps: int | None = None,
+        min_lr_ratio: float = 0.01,
+        eval_resize: bool = True,
+        slide_stride: int | None = None,
+        test_scales: tuple[float, ...] = (1.0,),
+        test_flip: bool = False,
+        num_visualize: int = 8,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_hparams(self.hparams)
+        kwargs = dict(model_kwargs or {})
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        try:
+            self.model = create_segmenter(model, num_classes=num_classes, pretrained=pretrained, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.model.set_grad_checkpointing(grad_checkpointing)
+        self.window = self.model.img_size  # (h, w) of the crops the encoder takes
+        self.stride = tuple(slide_stride or max(1, 2 * s // 3) for s in self.window)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.val_confusion = confusion_metric(num_classes, ignore_index)
+        self.test_confusion = confusion_metric(num_classes, ignore_index)
+        self._drawn = 0
+        self._predictions: list[dict] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) of images at the model's input size."""
+        return self.model(x)
+
+    # -- inference at any size --
+    @torch.no_grad()
+    def segment(self, x: torch.Tensor, scales: list[float] | tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:
+        """Class scores (B, K, H, W) of images (B, 3, H, W) of any size: each scale of the (resized) image goes
+        through sliding windows, and the logits are resized back to (H, W). One pass returns logits; several
+        (scales, flip) return their mean softmax."""
+        H, W = x.shape[-2:]
+        passes = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+        total = None
+        for s, f in passes:
+            xs = self._network_input(x, s)
+            xs = xs.flip(-1) if f else xs
+            logits = sliding_window_logits(self.model, xs, self.window, self.stride, self.hparams.num_classes)
+            logits = logits.flip(-1) if f else logits
+            if logits.shape[-2:] != (H, W):
+                logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            if len(passes) == 1:
+                return logits
+            total = logits.softmax(dim=1) if total is None else total + logits.softmax(dim=1)
+        return total / len(passes)
+
+    def _network_input(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """The image at `scale` times its evaluation size (short side = img_size with eval_resize)."""
+        H, W = x.shape[-2:]
+        factor = scale
+        if self.hparams.eval_resize:
+            short, long = min(self.window), max(self.window)
+            factor = scale * min(short / min(H, W), 4 * long / max(H, W))
+        size = (max(1, round(H * factor)), max(1, round(W * factor)))
+        if size == (H, W):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+
+    # -- training --
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["mask"]
+        if isinstance(x, list):
+            sizes = sorted({tuple(t.shape[-2:]) for t in x})
+            raise ConfigError(
+                f"data.train_transforms: training images come in sizes {sizes[:4]}; expected every crop to be "
+                f"{self.window[0]}x{self.window[1]} (img_size): end the pipeline with PadIfNeeded + RandomCrop"
+            )
+        loss = self._loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the labelled pixels; a batch with none gives 0 (not NaN)."""
+        if not (target != self.hparams.ignore_index).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.hparams.ignore_index)
+
+    # -- evaluation --
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        found = getattr(data, "ignore_index", None)
+        if found is not None and found != self.hparams.ignore_index:
+            raise ConfigError(
+                f"model.init_args.ignore_index={self.hparams.ignore_index} but data.init_args.ignore_index={found}; "
+                "expected the same value in both"
+            )
+
+    def _items(self, batch: dict):
+        """(image (B, 3, H, W), mask (B, H, W) or None, paths) groups of one batch: the whole batch when it is
+        stacked, else one image at a time."""
+        x, y, paths = batch["image"], batch.get("mask"), batch["path"]
+        if isinstance(x, torch.Tensor) and (y is None or isinstance(y, torch.Tensor)):
+            yield x, y, paths
+            return
+        for i, image in enumerate(x):
+            yield image[None], None if y is None else y[i][None], paths[i : i + 1]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        for x, y, _ in self._items(batch):
+            logits = self.segment(x)
+            self.log("val/loss", self._loss(logits, y), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+            self.val_confusion.update(logits.argmax(dim=1), y)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = scores_from_confusion(self.val_confusion.compute())
+        self.val_confusion.reset()
+        self.log_dict({"val/mIoU": scores.miou, "val/pixel_acc": scores.pixel_acc, "val/mAcc": scores.macc}, prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        for x, y, paths in self._items(batch):
+            pred = self.segment(x, hp.test_scales, hp.test_flip).argmax(dim=1)  # (B, H, W)
+            self.test_confusion.update(pred, y)
+            self._draw(paths, pred, y, "test_samples")
+
+    def on_test_epoch_start(self) -> None:
+        self._drawn = 0
+
+    def on_test_epoch_end(self) -> None:
+        scores = scores_from_confusion(self.test_confusion.compute())
+        self.test_confusion.reset()
+        self.log_dict({"test/mIoU": scores.miou, "test/pixel_acc": scores.pixel_acc, "test/mAcc": scores.macc})
+        self._write_test_report(scores)
+
+    @rank_zero_only
+    def _write_test_report(self, scores) -> None:
+        out = self._out_dir()
+        iou_table(scores, self.class_names, out / "per_class_iou.csv")
+        log.info("test report written to %s (per_class_iou.csv, test_samples/)", out)
+
+    # -- prediction --
+    def on_predict_epoch_start(self) -> None:
+        self._drawn, self._predictions = 0, []
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        hp = self.hparams
+        out = self._out_dir() / "predictions"
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for x, _, paths in self._items(batch):
+            pred = self.segment(x, hp.test_scales, hp.test_flip).argmax(dim=1)
+            for path, p in zip(paths, pred.cpu().numpy()):
+                target = self._unique_name(out, Path(path).stem)
+                save_index_png(p, target)
+                counts = np.bincount(p.ravel(), minlength=hp.num_classes) / p.size
+                rows.append({"path": str(path), "mask": str(target),
+                             "fractions": {self.class_names[k]: round(float(v), 6) for k, v in enumerate(counts) if v > 0}})
+            self._draw(paths, pred, None, "predictions/overlays")
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+        path = self._out_dir() / f"predictions{suffix}.json"
+        path.write_text(json.dumps(self._predictions, indent=1))
+        log.info("%d predicted masks written to %s (index PNGs; overlays/ for the first %d)", len(self._predictions),
+                 path.parent / "predictions", self.hparams.num_visualize)
+
+    # -- pictures --
+    def _out_dir(self) -> Path:
+        trainer = self.trainer
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    @staticmethod
+    def _unique_name(folder: Path, stem: str) -> Path:
+        target, i = folder / f"{stem}.png", 1
+        while target.exists():
+            target, i = folder / f"{stem}_{i}.png", i + 1
+        return target
+
+    def _draw(self, paths: list[str], pred: torch.Tensor, target: torch.Tensor | None, folder: str) -> None:
+        """For the first `num_visualize` images (rank 0): the coloured predicted mask, and the image | ground
+        truth overlay (when known) | prediction overlay side by side."""
+        if self.global_rank != 0 or self._drawn >= self.hparams.num_visualize:
+            return
+        out = self._out_dir() / folder
+        out.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(paths):
+            if self._drawn >= self.hparams.num_visualize:
+                break
+            image = np.asarray(Image.open(path).convert("RGB"))
+            p = _fit(pred[i].cpu().numpy(), image.shape[:2])
+            name = f"{self._drawn:03d}_{Path(path).stem}"
+            Image.fromarray(colorize(p)).save(out / f"{name}_mask.png")
+            panels = [image]
+            if target is not None:
+                panels.append(overlay(image, _fit(target[i].cpu().numpy(), image.shape[:2]), ignore_index=self.hparams.ignore_index))
+            panels.append(overlay(image, p))
+            save_panels(panels, out / f"{name}_overlay.png")
+            self._drawn += 1
+
+    # -- optimisation --
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adamw":
+            optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
+        else:
+            groups = param_groups(self.model, hp.weight_decay, hp.layer_decay)
+            for g in groups:
+                g["lr"] = hp.lr * g.get("lr_scale", 1.0)
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        if hp.warmup_steps is not None:
+            warmup = min(total, hp.warmup_steps)
+        else:
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            warmup = min(total, round(hp.warmup_epochs * total / epochs))
+        if hp.schedule == "cosine":
+            scheduler = warmup_cosine_scheduler(optimizer, max(1, warmup), total, hp.min_lr_ratio)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup_poly(step, warmup, total, hp.poly_power, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_poly(step: int, warmup_steps: int, total_steps: int, power: float = 0.9, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr: linear warm-up, then `(1 - progress) ** power` down to `min_lr_ratio`
+    (the "poly" schedule of DeepLab and Segmenter)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return max(min_lr_ratio, (1.0 - progress) ** power)
+
+
+def _fit(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A label map resized (nearest) to (H, W) when an eval transform changed the image's size."""
+    if mask.shape == tuple(hw):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((hw[1], hw[0]), Image.NEAREST))
+
+
+def _check_hparams(h) -> None:
+    if h.class_weights is not None and len(h.class_weights) != h.num_classes:
+        raise ConfigError(f"model.class_weights has {len(h.class_weights)} values; expected num_classes={h.num_classes}")
+    if h.class_names is not None and len(h.class_names) != h.num_classes:
+        raise ConfigError(f"model.class_names has {len(h.class_names)} names; expected num_classes={h.num_classes}")
+    if not 0 <= h.ignore_index <= 255 and h.ignore_index != -100:
+        raise ConfigError(f"model.ignore_index={h.ignore_index}; expected a mask value in 0..255 (usually 255)")
+    if not h.test_scales or min(h.test_scales) <= 0:
+        raise ConfigError(f"model.test_scales={list(h.test_scales)}; expected positive scale factors, e.g. [1.0]")
+    for name in ("optimizer", "schedule"):
+        allowed = {"optimizer": ("adamw", "sgd"), "schedule": ("cosine", "poly")}[name]
+        if h[name] not in allowed:
+            raise ConfigError(f"model.{name}={h[name]!r}; expected one of {', '.join(allowed)}")
+    if h.slide_stride is not None and h.slide_stride < 1:
+        raise ConfigError(f"model.slide_stride={h.slide_stride}; expected a positive number of pixels or null")
