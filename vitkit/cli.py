@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from .callbacks import PredictionGallery, TrainingCurves
 from .errors import VitkitError
 
 class VitkitCLI(LightningCLI):
@@ -70,8 +71,8 @@ class VitkitCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _default_callbacks(self, cfg) -> list:
-        """A Rich progress bar, a learning-rate monitor and a best + last ModelCheckpoint on the task's
-        monitor, each unless configured otherwise."""
+        """A Rich progress bar, a learning-rate monitor, a best + last ModelCheckpoint on the task's
+        monitor, training curves and a test gallery as PNG, each unless configured otherwise."""
         have = list(cfg.get("callbacks") or []) + list(self.trainer_defaults.get("callbacks", []))
         extra = []
         if cfg.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in have):
@@ -81,6 +82,9 @@ class VitkitCLI(LightningCLI):
         if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
             monitor, mode = getattr(self.model, "monitor", None), getattr(self.model, "monitor_mode", "min")
             extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}"))
+        for report in (TrainingCurves, PredictionGallery):  # PNG reports in the run folder
+            if not any(isinstance(c, report) for c in have):
+                extra.append(report())
         return extra
 
     def _loggers(self) -> list:

@@ -182,9 +182,10 @@ class ImageClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits = self._evaluate(batch, "test", self.test_metrics)
         self.test_confusion.update(logits, batch[1])
+        return logits  # for callbacks (the test gallery)
 
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().cpu()
