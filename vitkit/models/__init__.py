@@ -1,6 +1,10 @@
 """Encoders and heads built on vitkit.nn, with a registry of named configs."""
-from . import vit  # noqa: F401  (registers the ViT configs)
+from . import seq2seq, vit  # noqa: F401  (register the ViT and text configs)
 from .registry import create_model, list_models, register_model
+from .seq2seq import Seq2SeqTransformer, TextDecoder, TextEncoder
 from .vit import VisionTransformer
 
-__all__ = ["create_model", "list_models", "register_model", "VisionTransformer"]
+__all__ = [
+    "create_model", "list_models", "register_model", "VisionTransformer", "Seq2SeqTransformer", "TextDecoder",
+    "TextEncoder",
+]

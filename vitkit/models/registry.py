@@ -9,19 +9,25 @@ from typing import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY: dict[str, str] = {}  # name -> "vision" (image encoders) or another family, e.g. "text"
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `fn` under its own name; `create_model(fn.__name__, **kw)` then calls it."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, family: str = "vision"):
+    """Register `fn` under its own name; `create_model(fn.__name__, **kw)` then calls it. Used bare
+    (`@register_model`, an image encoder) or with a family (`@register_model(family="text")`)."""
+    if fn is None:
+        return lambda f: register_model(f, family=family)
     if fn.__name__ in _MODELS:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
     _MODELS[fn.__name__] = fn
+    _FAMILY[fn.__name__] = family
     return fn
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style `pattern`, sorted."""
-    return sorted(fnmatch.filter(_MODELS, pattern))
+def list_models(pattern: str = "*", family: str | None = "vision") -> list[str]:
+    """Registered model names of a `family` ("vision", "text"; None: all) matching a shell-style `pattern`, sorted."""
+    names = [n for n in _MODELS if family is None or _FAMILY[n] == family]
+    return sorted(fnmatch.filter(names, pattern))
 
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False, **kwargs) -> nn.Module:
@@ -31,7 +37,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
     explicit `num_classes`, a checkpoint head of another class count is an error rather than a silent swap."""
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
-        hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models()"
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models(family=None)"
         raise ValueError(f"unknown model {name!r}{hint}")
     model = _MODELS[name](**kwargs)
     if pretrained is not None:

@@ -10,11 +10,12 @@ from torch import nn
 from .attention import Attention, KVCache, causal_mask, padding_mask
 from .blocks import DecoderBlock, DropPath, EncoderBlock, LayerScale, Mlp
 from .embed import PatchEmbed, resample_pos_embed, sincos_2d_pos_embed, to_2tuple
+from .text import PositionEmbed1d, TokenEmbed, sincos_1d_pos_embed
 
 __all__ = [
     "Attention", "KVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath", "EncoderBlock",
     "LayerScale", "Mlp", "PatchEmbed", "resample_pos_embed", "sincos_2d_pos_embed", "to_2tuple",
-    "capture_attention",
+    "capture_attention", "PositionEmbed1d", "TokenEmbed", "sincos_1d_pos_embed",
 ]
 
 
