@@ -54,7 +54,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitkit
-from vitkit.tasks.optim import build_adamw
+from vitkit.nn import set_sdpa_backends
+
+try:
+    from vitkit.tasks.optim import build_adamw
+except ImportError:  # a machine with torch + timm only (a lent GPU has no albumentations): load that one file
+    import importlib.util
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location("_vitkit_optim", Path(vitkit.__file__).parent / "tasks" / "optim.py")
+    _optim = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_optim)
+    build_adamw = _optim.build_adamw
 
 # vitkit name -> (timm name, timm kwargs that make it the same architecture).
 TIMM_EQUIVALENT: dict[str, tuple[str, dict]] = {
@@ -106,6 +117,10 @@ class Result:
     step_seconds: dict[str, list[list[float]]] = field(default_factory=lambda: {"timm": [], "vitkit": []})
     first: list[str] = field(default_factory=list)  # which library ran first in each round
     peak_mib: dict[str, float | None] = field(default_factory=lambda: {"timm": None, "vitkit": None})
+    sdpa: str = "default"
+    vitkit_sdpa: str | None = None
+    model_flops_per_image: float | None = None
+    peak_tflops: float | None = None  # measured matmul peak of the device at this precision
 
     def round_seconds(self, lib: str) -> list[float]:
         return [sum(steps) for steps in self.step_seconds[lib]]
@@ -118,6 +133,12 @@ class Result:
         """vitkit÷timm throughput of each round."""
         return [t / v for t, v in zip(self.round_seconds("timm"), self.round_seconds("vitkit"))]
 
+    def mfu(self, lib: str) -> float | None:
+        """Model-FLOP utilisation: model FLOPs per second over the measured matmul peak."""
+        if not (self.model_flops_per_image and self.peak_tflops):
+            return None
+        return statistics.median(self.images_per_s(lib)) * self.model_flops_per_image / (self.peak_tflops * 1e12)
+
     def summary(self) -> dict:
         return {
             "timm_img_s": statistics.median(self.images_per_s("timm")),
@@ -125,6 +146,8 @@ class Result:
             "ratio_median": statistics.median(self.ratios()),
             "ratio_min": min(self.ratios()),
             "ratio_max": max(self.ratios()),
+            "timm_mfu": self.mfu("timm"),
+            "vitkit_mfu": self.mfu("vitkit"),
         }
 
 
@@ -159,10 +182,19 @@ def random_batch(batch: int, size: int, num_classes: int, device: torch.device) 
 
 
 # -- one step of each mode ----------------------------------------------------------------------------------
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str, sdpa: str = "default"):
+    """bf16 autocast (or nothing for fp32), and SDPA limited to one backend when `sdpa` names one."""
+    with contextlib.ExitStack() as stack:
+        if precision != "fp32":
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        if sdpa != "default":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                       "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[sdpa]
+            stack.enter_context(sdpa_kernel(backend))
+        yield
 
 
 def library_optimizer(lib: str, model: nn.Module) -> torch.optim.Optimizer:
@@ -255,26 +287,75 @@ def run_interleaved(steps: dict[str, Callable[[], None]], result: Result, args, 
                 result.peak_mib[lib] = max(peak, result.peak_mib[lib] or 0.0)
 
 
-def bench_model(name: str, args, device: torch.device) -> list[Result]:
-    """Build the pair once, check they agree, then compare each requested mode."""
+def bench_model(name: str, args, device: torch.device, peak: dict[str, float], on_result: Callable = lambda r: None):
+    """Build the pair once, check they agree, then compare each (compile, precision, mode) requested;
+    yields each Result as it is measured (after passing it to `on_result`)."""
     num_classes = args.num_classes or NUM_CLASSES.get(name, 1000)
     ref, ours = build_pair(name, num_classes, device)
     size, batch = img_size_of(ours), batch_size(name, args, device)
     x, y = random_batch(batch, size, num_classes, device)
     diff = max_output_diff(ref, ours, x)
     print(f"{name}: {size}px, batch {batch}, max |timm - vitkit| logits = {diff:.2e}", file=sys.stderr)
-    models = {"timm": ref, "vitkit": ours}
-    if args.compile:
-        models = {lib: torch.compile(m) for lib, m in models.items()}
-    amp = functools.partial(autocast, device, args.precision)
     timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
-    results = []
-    for mode in args.modes:
-        result = Result(name, timm_name, timm_kwargs, size, batch, mode, args.precision, args.compile, diff)
-        run_interleaved(make_steps(models, mode, x, y, amp), result, args, device)
-        print(format_row(result), file=sys.stderr)
-        results.append(result)
-    return results
+    for compiled in compile_settings(args.compile):
+        models = {"timm": ref, "vitkit": ours}
+        if compiled:
+            torch._dynamo.reset()
+            models = {lib: torch.compile(m) for lib, m in models.items()}
+        for precision in args.precision:
+            amp = functools.partial(autocast, device, precision, args.sdpa)
+            for mode in args.modes:
+                result = Result(name, timm_name, timm_kwargs, size, batch, mode, precision, compiled, diff,
+                                sdpa=args.sdpa, vitkit_sdpa=args.vitkit_sdpa)
+                result.model_flops_per_image = model_flops(ref, x[:2], y[:2], mode, amp) / 2
+                result.peak_tflops = peak.get(precision)
+                run_interleaved(make_steps(models, mode, x, y, amp), result, args, device)
+                print(format_row(result), file=sys.stderr)
+                on_result(result)
+                yield result
+
+
+def compile_settings(choice: str) -> list[bool]:
+    return {"no": [False], "yes": [True], "both": [False, True]}[choice]
+
+
+def model_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, amp: Callable) -> float:
+    """FLOPs of one step of the plain (timm) model on `x`, counted by torch's FlopCounterMode: forward for
+    `infer`, forward + backward for `train`. Used as the *model* FLOPs of both libraries (MFU, PaLM's
+    definition), so vitkit's skipped work counts as a speed-up rather than as lower utilisation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train(mode == "train")
+    with FlopCounterMode(display=False) as counter:
+        if mode == "train":
+            with amp():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+        else:
+            with torch.no_grad(), amp():
+                model(x)
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def measure_peak_tflops(device: torch.device, precisions: list[str]) -> dict[str, float]:
+    """The best of a few large square matmuls, in TFLOP/s, per precision (bf16 = bf16 inputs; fp32 = fp32,
+    with TF32 tensor cores where torch allows them). The denominator of MFU."""
+    n = 8192 if device.type == "cuda" else 1024
+    peak = {}
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        best = float("inf")
+        for _ in range(8 if device.type == "cuda" else 3):
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(10 if device.type == "cuda" else 2):
+                a @ b
+            sync(device)
+            best = min(best, (time.perf_counter() - start) / (10 if device.type == "cuda" else 2))
+        peak[precision] = 2 * n**3 / best / 1e12
+    return peak
 
 
 def batch_size(name: str, args, device: torch.device) -> int:
@@ -289,7 +370,8 @@ def batch_size(name: str, args, device: torch.device) -> int:
 
 # -- reporting ----------------------------------------------------------------------------------------------
 def table_header(cuda: bool) -> str:
-    cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)"]
+    cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)",
+            "timm MFU", "vitkit MFU"]
     if cuda:
         cols += ["timm peak MiB", "vitkit peak MiB"]
     return "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|"
@@ -297,12 +379,18 @@ def table_header(cuda: bool) -> str:
 
 def format_row(r: Result) -> str:
     s = r.summary()
-    precision = r.precision + (" +compile" if r.compiled else "")
+    precision = r.precision + (" +compile" if r.compiled else "") + (f" sdpa={r.sdpa}" if r.sdpa != "default" else "")
+    precision += f" vitkit-sdpa={r.vitkit_sdpa}" if r.vitkit_sdpa else ""
     cells = [r.model, str(r.img_size), str(r.batch), r.mode, precision, f"{s['timm_img_s']:.1f}",
-             f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})"]
+             f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})",
+             _pct(s["timm_mfu"]), _pct(s["vitkit_mfu"])]
     if r.peak_mib["timm"] is not None:
         cells += [f"{r.peak_mib['timm']:.0f}", f"{r.peak_mib['vitkit']:.0f}"]
     return "| " + " | ".join(cells) + " |"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def device_name(device: torch.device) -> str:
@@ -330,9 +418,10 @@ def environment(args, device: torch.device) -> dict:
     }
 
 
-def write_json(path: str, env: dict, results: list[Result]) -> None:
+def write_json(path: str, env: dict, results: list[Result], extra: dict | None = None) -> None:
     records = [{**asdict(r), **r.summary(), "images_per_s": {lib: r.images_per_s(lib) for lib in r.step_seconds},
                 "ratios": r.ratios()} for r in results]
+    env = {**env, **(extra or {})}
     with open(path, "w") as f:
         json.dump({"environment": env, "results": records}, f, indent=2)
 
@@ -346,8 +435,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="one batch for every model (default: per model and device)")
     p.add_argument("--num-classes", type=int, help="classifier width (default: 10 for 32px configs, else 1000)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast, on CPU too")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                   help="one or both; bf16 = autocast, on CPU too")
+    p.add_argument("--compile", nargs="?", choices=("no", "yes", "both"), const="yes", default="no",
+                   help="torch.compile both models (`--compile` = yes; `both` = eager, then compiled); compile time is warm-up")
+    p.add_argument("--sdpa", choices=("default", "flash", "efficient", "cudnn", "math"), default="default",
+                   help="limit scaled_dot_product_attention to one backend, for both libraries")
+    p.add_argument("--vitkit-sdpa", metavar="ORDER", help="vitkit only: SDPA backend order, e.g. cudnn,flash,efficient,math "
+                   "(vitkit.nn.set_sdpa_backends); timm keeps torch's default")
+    p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak and FLOP count (MFU columns)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; even keeps the order balanced")
     p.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
@@ -388,17 +484,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vitkit_sdpa:
+        set_sdpa_backends(args.vitkit_sdpa.split(","))
     device = resolve_device(args.device)
     env = environment(args, device)
     warn_if_busy(device)
     print(f"{env['device_name']} ({device}, {env['threads']} threads), torch {env['torch']}, timm {env['timm']}",
           file=sys.stderr)
-    results = [r for name in args.models for r in bench_model(name, args, device)]
+    peak = {} if args.no_mfu else measure_peak_tflops(device, args.precision)
+    if peak:
+        print("matmul peak: " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peak.items()), file=sys.stderr)
+    results = []
+    for name in args.models:
+        for r in bench_model(name, args, device, peak, on_result=results.append):
+            if args.json:  # rewritten after every result, so a run cut short keeps what it measured
+                write_json(args.json, env, results, {"matmul_peak_tflops": peak})
     print(table_header(device.type == "cuda"))
     for r in results:
         print(format_row(r))
     if args.json:
-        write_json(args.json, env, results)
+        write_json(args.json, env, results, {"matmul_peak_tflops": peak})
 
 
 if __name__ == "__main__":

@@ -79,3 +79,21 @@ def test_encoder_compiles_without_graph_breaks():
         explanation = torch._dynamo.explain(fn)(x)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+
+
+def test_sdpa_backend_order_keeps_outputs_and_is_checked():
+    from vitkit.nn import set_sdpa_backends
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_nano_patch4_32", num_classes=3, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    try:
+        set_sdpa_backends(["cudnn", "flash", "efficient", "math"])  # CPU: cuDNN unavailable, falls through
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+        set_sdpa_backends(["math"])
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="expected a non-empty list"):
+            set_sdpa_backends(["fast"])
+    finally:
+        set_sdpa_backends(None)

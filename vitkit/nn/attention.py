@@ -6,6 +6,8 @@ attend, a float mask is added to the scores. Both broadcast to (B, heads, N_quer
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,35 @@ class KVCache:
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
+
+
+_SDPA_BACKENDS: list | None = None  # None: torch's own choice
+
+
+def set_sdpa_backends(names: Sequence[str] | None) -> None:
+    """The order in which vitkit's attention tries SDPA's fused kernels, e.g. `["cudnn", "flash", "efficient",
+    "math"]` (cuDNN first pays on Hopper GPUs at ViT sequence lengths); `None` restores torch's default order.
+    Applies to every vitkit `Attention`, not to other libraries' SDPA calls."""
+    global _SDPA_BACKENDS
+    if names is None:
+        _SDPA_BACKENDS = None
+        return
+    from torch.nn.attention import SDPBackend
+
+    table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [n for n in names if n not in table]
+    if unknown or not names:
+        raise ValueError(f"set_sdpa_backends: got {list(names)}; expected a non-empty list from {sorted(table)}")
+    _SDPA_BACKENDS = [table[n] for n in names]
+
+
+def _sdpa_context():
+    if _SDPA_BACKENDS is None:
+        return nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(_SDPA_BACKENDS, set_priority=True)
 
 
 def causal_mask(n_query: int, n_key: int, device=None) -> torch.Tensor:
@@ -137,7 +168,8 @@ class Attention(nn.Module):
             out = self._explicit(q, k, v, attn_mask, is_causal)
         else:
             drop = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
+            with _sdpa_context():
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, heads, N, C/heads) -> (B, N, C)
         return self.proj_drop(self.proj(out))
 
