@@ -1,0 +1,147 @@
+"""`vitkit explain` and the picture reports as a user meets them: a short CLI fit leaves training curves and a
+test gallery in the run folder; explain writes overlays, layer grids and .npy maps for a folder of images,
+with the same maps as the library; bad input ends in one clear message."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from vitkit.callbacks import PredictionGallery, curve_panels, read_metrics
+from vitkit.cli import main
+from vitkit.data import load_rgb
+from vitkit.explain import explain_classifier
+from vitkit.explain.command import eval_pipeline, load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
+TINY = ["--model.init_args.model_kwargs", '{"depth": 2, "embed_dim": 32, "num_heads": 2}', "--data.init_args.img_size", "16"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A two-epoch fit (3 steps each) then test through the CLI; the run folder."""
+    tmp = tmp_path_factory.mktemp("runs")
+    main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp), *TINY, "--trainer.max_epochs", "2",
+          "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--test_after_fit", "true"])
+    return tmp / "vit_tiny_digits" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Three real digits as 24x24 PNGs in a folder (another size than the model's 16: explain resizes)."""
+    folder = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    for i in range(3):
+        Image.fromarray((digits.images[i] * 15).astype(np.uint8)).resize((24, 24)).save(folder / f"d{i}.png")
+    return folder
+
+
+def explain(*args: str) -> None:
+    main(["explain", *args])
+
+
+def test_fit_plots_training_curves_and_test_writes_a_gallery(run_dir):
+    series = read_metrics(run_dir / "metrics.csv")
+    assert len(series["train/loss"][0]) == 6 and len(series["val/acc"][0]) == 2  # what the curves show
+    assert {"loss", "acc", "learning rate"} <= set(curve_panels(list(series)))
+    for name in ("training_curves.png", "test_gallery.png"):
+        with Image.open(run_dir / name) as im:
+            assert im.width > 400 and im.height > 200
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention", "grad"])
+def test_explain_a_folder_writes_overlays_grids_and_maps(run_dir, images, method):
+    explain("--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), str(images), "--method", method)
+    out = run_dir / "explain"  # next to the run's logs by default
+    with open(out / f"explanations_{method}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == ["d0.png", "d1.png", "d2.png"]
+    assert all(r["predicted"] in [str(d) for d in range(10)] and 0 < float(r["probability"]) <= 1 for r in rows)
+    for i in range(3):
+        stem = f"d{i}_{method}"
+        assert (out / f"{stem}.png").stat().st_size > 5000 and (out / f"{stem}_layers.png").stat().st_size > 5000
+        assert np.load(out / f"{stem}.npy").shape == (4, 4)  # 16 px / 4 px patches
+        layers = np.load(out / f"{stem}_layers.npy")
+        assert layers.shape == ((2, 2, 4, 4) if method == "attention" else (2, 4, 4))  # (layers, [heads,] grid)
+
+
+def test_explain_maps_are_the_library_maps_of_the_checkpoint(run_dir, images, tmp_path):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    explain("--ckpt", str(ckpt), str(images / "d1.png"), "--method", "grad", "--target", "7", "--out", str(tmp_path))
+    task, raw = load_task(str(ckpt))
+    transform, _, _ = eval_pipeline(raw, (16, 16))
+    x = transform(image=load_rgb(images / "d1.png"))["image"][None]
+    expected = explain_classifier(task.net, x, "grad", target=7).heatmap[0]
+    np.testing.assert_allclose(np.load(tmp_path / "d1_grad.npy"), expected.numpy(), rtol=1e-5, atol=1e-7)
+    with open(tmp_path / "explanations_grad.csv") as f:
+        assert next(csv.DictReader(f))["target"] == "7"
+
+
+def test_train_py_explain_goes_to_the_explain_command(run_dir, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "explain", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
+                                      str(images / "d0.png"), "--out", str(tmp_path)])
+    main()
+    assert (tmp_path / "d0_rollout.png").exists()
+
+
+def _error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        explain(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_are_one_clear_message(run_dir, images, tmp_path, capsys):
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    assert "nowhere.ckpt (--ckpt): file not found" in _error(capsys, "--ckpt", str(tmp_path / "nowhere.ckpt"), str(images))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    assert "junk.ckpt (--ckpt): cannot read it" in _error(capsys, "--ckpt", str(junk), str(images))
+    weights = tmp_path / "weights.pth"
+    torch.save({"head.weight": torch.zeros(2, 2)}, weights)
+    assert "expected a Lightning checkpoint" in _error(capsys, "--ckpt", str(weights), str(images))
+    err = _error(capsys, "--ckpt", ckpt, str(images), "--target", "cat")
+    assert "--target 'cat'" in err and "0..9" in err
+    assert "no such file or folder" in _error(capsys, "--ckpt", ckpt, str(tmp_path / "missing.png"))
+
+
+def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(run_dir, images, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.open(images / "d0.png").save(folder / "good.png")
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    assert "broken.png: cannot decode image" in _error(capsys, "--ckpt", ckpt, str(folder), "--out", str(tmp_path / "a"))
+    explain("--ckpt", ckpt, str(folder), "--out", str(tmp_path / "b"), "--skip-corrupt")
+    out = capsys.readouterr().out
+    assert "explained 1 image(s)" in out and "skipped 1 unreadable image(s)" in out and "broken.png" in out
+    assert (tmp_path / "b" / "good_rollout.png").exists() and not list((tmp_path / "b").glob("broken*"))
+
+
+def test_gallery_keeps_the_most_and_least_confident_in_the_true_class(tmp_path):
+    gallery = PredictionGallery(k=2)
+    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path), datamodule=None)
+    module = SimpleNamespace(class_names=["a", "b", "c"])
+    gallery.on_test_epoch_start(trainer, module)
+    p_true = [0.9, 0.2, 0.6, 0.05, 0.99, 0.4]  # probability of the true class (class 0) per image
+    for start in (0, 3):  # two batches of three
+        p = torch.tensor(p_true[start : start + 3])
+        probs = torch.stack([p, (1 - p) * 0.7, (1 - p) * 0.3], dim=1)
+        images = torch.arange(start, start + 3).float().view(3, 1, 1, 1).expand(3, 3, 4, 4)  # image i is filled with i
+        gallery.on_test_batch_end(trainer, module, probs.log(), (images, torch.zeros(3, dtype=torch.long)), start // 3)
+    best = [(round(s, 2), int(img[0, 0, 0])) for s, _, img, _ in sorted(gallery._best, reverse=True)]
+    worst = [(round(-s, 2), int(img[0, 0, 0])) for s, _, img, _ in sorted(gallery._worst, reverse=True)]
+    assert best == [(0.99, 4), (0.9, 0)] and worst == [(0.05, 3), (0.2, 1)]
+    gallery.on_test_epoch_end(trainer, module)
+    assert gallery.path == tmp_path / "test_gallery.png" and gallery.path.stat().st_size > 5000
