@@ -1,5 +1,6 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
 from .classification import ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples
+from .detection import DetectionDataModule
 from .images import list_images, load_rgb, scan_images
 from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
@@ -16,6 +17,7 @@ from .transforms import (
 __all__ = [
     "ArrayDataset",
     "ClassificationDataModule",
+    "DetectionDataModule",
     "DEFAULT_TRANSFORMS",
     "FileDataset",
     "build_transforms",

@@ -1,0 +1,107 @@
+"""DETR-style detector with a plain ViT encoder (Carion et al. 2020, DETR; the ViT backbone as in
+"Benchmarking Detection Transfer Learning with Vision Transformers", Li et al. 2021): the encoder's tokens
+are the memory of `DetrHead`'s object queries."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .heads.detection import DetrHead, Output
+from .registry import register_model
+from .vit import VisionTransformer
+
+
+class DetrViT(nn.Module):
+    """ViT encoder (`forward_features`: all tokens) + DETR head. `forward(images, targets=None)` returns the
+    head's dict ("pred_logits", "pred_boxes" normalised cxcywh, "aux_outputs", "dn" when denoising).
+
+    Args:
+        num_classes: object classes (without "no object").
+        img_size: input size; the patch size must divide it.
+        patch_size, embed_dim, depth, num_heads, mlp_ratio, class_token, drop_path_rate: the ViT encoder.
+        decoder_dim, decoder_depth, decoder_heads, num_queries, dn_groups, label_noise, box_noise: the head
+            (see `DetrHead`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        class_token: bool = True,
+        drop_path_rate: float = 0.0,
+        decoder_dim: int = 256,
+        decoder_depth: int = 6,
+        decoder_heads: int = 8,
+        num_queries: int = 100,
+        dn_groups: int = 5,
+        label_noise: float = 0.2,
+        box_noise: float = 0.4,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = VisionTransformer(
+            img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=class_token,
+            global_pool="token" if class_token else "avg", drop_path_rate=drop_path_rate,
+        )
+        self.head = DetrHead(
+            num_classes, embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,
+            dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries,
+            dn_groups=dn_groups, label_noise=label_noise, box_noise=box_noise,
+        )
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.encoder.img_size
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Output:
+        return self.head(self.encoder.forward_features(images), targets)  # (B, 3, H, W) -> tokens -> boxes
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {"head.query_anchors.weight"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def load_pretrained(self, checkpoint: str | os.PathLike):
+        """Initialise the encoder from a timm/torchvision/transformers ViT checkpoint (its classifier is
+        dropped, position embeddings resampled); the head stays at its initialisation. Returns the report."""
+        from ..weights import load_pretrained  # lazy: vitkit.weights sits above models
+
+        return load_pretrained(self.encoder, checkpoint)
+
+
+def _detr(encoder: dict, decoder: dict, **kwargs) -> DetrViT:
+    return DetrViT(**{**encoder, **decoder, **kwargs})
+
+
+_DECODER = dict(decoder_dim=256, decoder_depth=6, decoder_heads=8, num_queries=100)
+
+
+@register_model(family="detection")
+def detr_vit_small_patch16(**kw) -> DetrViT:
+    """ViT-S/16 encoder at 512 px, 6-layer 256-wide decoder, 100 queries (COCO)."""
+    return _detr(dict(img_size=512, patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1), _DECODER, **kw)
+
+
+@register_model(family="detection")
+def detr_vit_tiny_patch16(**kw) -> DetrViT:
+    """ViT-Ti/16 encoder at 512 px, 6-layer 256-wide decoder, 100 queries."""
+    return _detr(dict(img_size=512, patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1), _DECODER, **kw)
+
+
+@register_model(family="detection")
+def detr_vit_nano_patch8_64(**kw) -> DetrViT:
+    """CPU-sized: a 4-block 128-wide ViT with 8x8 patches on 64 px images, 3-layer 128-wide decoder, 16 queries."""
+    return _detr(
+        dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4),
+        dict(decoder_dim=128, decoder_depth=3, decoder_heads=4, num_queries=16), **kw,
+    )
