@@ -119,6 +119,7 @@ class Result:
     peak_mib: dict[str, float | None] = field(default_factory=lambda: {"timm": None, "vitkit": None})
     sdpa: str = "default"
     vitkit_sdpa: str | None = None
+    vitkit_kwargs: dict = field(default_factory=dict)
     model_flops_per_image: float | None = None
     peak_tflops: float | None = None  # measured matmul peak of the device at this precision
 
@@ -152,11 +153,12 @@ class Result:
 
 
 # -- building the two models --------------------------------------------------------------------------------
-def build_pair(name: str, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """timm's model and vitkit's, the latter loaded (strict) with the former's weights."""
+def build_pair(name: str, num_classes: int, device: torch.device, vitkit_kwargs: dict | None = None) -> tuple[nn.Module, nn.Module]:
+    """timm's model and vitkit's, the latter loaded (strict) with the former's weights. `vitkit_kwargs`
+    (e.g. patch_drop_rate) change what vitkit computes, not its parameters; rows made so are labelled."""
     timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
     ref = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **timm_kwargs)
-    ours = vitkit.create_model(name, num_classes=num_classes)
+    ours = vitkit.create_model(name, num_classes=num_classes, **(vitkit_kwargs or {}))
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref.to(device), ours.to(device)
 
@@ -291,7 +293,7 @@ def bench_model(name: str, args, device: torch.device, peak: dict[str, float], o
     """Build the pair once, check they agree, then compare each (compile, precision, mode) requested;
     yields each Result as it is measured (after passing it to `on_result`)."""
     num_classes = args.num_classes or NUM_CLASSES.get(name, 1000)
-    ref, ours = build_pair(name, num_classes, device)
+    ref, ours = build_pair(name, num_classes, device, args.vitkit_kwargs)
     size, batch = img_size_of(ours), batch_size(name, args, device)
     x, y = random_batch(batch, size, num_classes, device)
     diff = max_output_diff(ref, ours, x)
@@ -306,7 +308,7 @@ def bench_model(name: str, args, device: torch.device, peak: dict[str, float], o
             amp = functools.partial(autocast, device, precision, args.sdpa)
             for mode in args.modes:
                 result = Result(name, timm_name, timm_kwargs, size, batch, mode, precision, compiled, diff,
-                                sdpa=args.sdpa, vitkit_sdpa=args.vitkit_sdpa)
+                                sdpa=args.sdpa, vitkit_sdpa=args.vitkit_sdpa, vitkit_kwargs=args.vitkit_kwargs)
                 result.model_flops_per_image = model_flops(ref, x[:2], y[:2], mode, amp) / 2
                 result.peak_tflops = peak.get(precision)
                 run_interleaved(make_steps(models, mode, x, y, amp), result, args, device)
@@ -381,6 +383,7 @@ def format_row(r: Result) -> str:
     s = r.summary()
     precision = r.precision + (" +compile" if r.compiled else "") + (f" sdpa={r.sdpa}" if r.sdpa != "default" else "")
     precision += f" vitkit-sdpa={r.vitkit_sdpa}" if r.vitkit_sdpa else ""
+    precision += "".join(f" vitkit {k}={v}" for k, v in r.vitkit_kwargs.items())
     cells = [r.model, str(r.img_size), str(r.batch), r.mode, precision, f"{s['timm_img_s']:.1f}",
              f"{s['vitkit_img_s']:.1f}", f"{s['ratio_median']:.3f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})",
              _pct(s["timm_mfu"]), _pct(s["vitkit_mfu"])]
@@ -443,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="limit scaled_dot_product_attention to one backend, for both libraries")
     p.add_argument("--vitkit-sdpa", metavar="ORDER", help="vitkit only: SDPA backend order, e.g. cudnn,flash,efficient,math "
                    "(vitkit.nn.set_sdpa_backends); timm keeps torch's default")
+    p.add_argument("--vitkit-kwargs", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="vitkit model options that change the work, e.g. patch_drop_rate=0.5 (rows labelled)")
     p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak and FLOP count (MFU columns)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; even keeps the order balanced")
     p.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
@@ -457,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models = args.models or list(QUICK_BATCH)
         args.rounds, args.steps, args.warmup = 4, 3, 2
     args.models = args.models or DEFAULT_MODELS
+    args.vitkit_kwargs = {k: float(v) if v.replace(".", "", 1).isdigit() else v
+                          for k, v in (kv.split("=", 1) for kv in args.vitkit_kwargs)}
     if min(args.rounds, args.steps) < 1 or args.warmup < 0:
         p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     return args
@@ -493,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
           file=sys.stderr)
     peak = {} if args.no_mfu else measure_peak_tflops(device, args.precision)
     if peak:
-        print("matmul peak: " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peak.items()), file=sys.stderr)
+        print("matmul peak: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peak.items()), file=sys.stderr)
     results = []
     for name in args.models:
         for r in bench_model(name, args, device, peak, on_result=results.append):

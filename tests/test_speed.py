@@ -97,3 +97,19 @@ def test_sdpa_backend_order_keeps_outputs_and_is_checked():
             set_sdpa_backends(["fast"])
     finally:
         set_sdpa_backends(None)
+
+
+def test_patch_dropout_keeps_prefix_tokens_and_only_acts_in_training():
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_nano_patch4_32", num_classes=3, depth=2, patch_drop_rate=0.5, reg_tokens=2)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.train().forward_features(x).shape == (2, 3 + 32, 128)  # 3 prefix + half of 64 patches
+    assert model.eval().forward_features(x).shape == (2, 3 + 64, 128)
+    tokens = model._pos_embed(model.patch_embed(x))
+    kept = model.train()._drop_patches(tokens)
+    torch.testing.assert_close(kept[:, :3], tokens[:, :3])  # class + registers kept, in place
+    patches = tokens[:, 3:]
+    for b in range(2):  # every kept token is one of that image's own patch tokens
+        assert all((patches[b] == t).all(-1).any() for t in kept[b, 3:])
+    with pytest.raises(ValueError, match="patch_drop_rate"):
+        vitkit.create_model("vit_nano_patch4_32", patch_drop_rate=1.0)

@@ -44,8 +44,11 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        patch_drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= patch_drop_rate < 1.0:
+            raise ValueError(f"patch_drop_rate={patch_drop_rate}; expected 0 <= rate < 1")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool={global_pool!r}; expected 'token' or 'avg'")
         if global_pool == "token" and not class_token:
@@ -66,6 +69,7 @@ class VisionTransformer(nn.Module):
         embed_len = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim), requires_grad=pos_embed == "learn")
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.patch_drop_rate = patch_drop_rate
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values, dpr[i], attn_drop_rate, proj_drop_rate)
@@ -130,9 +134,23 @@ class VisionTransformer(nn.Module):
             return self.pos_drop(torch.cat(prefix + [x + self.pos_embed], dim=1))
         return self.pos_drop(torch.cat(prefix + [x], dim=1) + self.pos_embed)
 
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """PatchDropout (Liu et al. 2022; timm's `patch_drop_rate`): in training, each image keeps a random
+        (1 - rate) of its patch tokens, prefix tokens always; the encoder's cost falls with the token count."""
+        if not (self.training and self.patch_drop_rate > 0):
+            return x
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        B, N, C = patches.shape
+        keep = max(1, int(N * (1 - self.patch_drop_rate)))
+        idx = torch.rand(B, N, device=x.device).topk(keep, dim=1).indices  # (B, keep)
+        return torch.cat([prefix, patches.gather(1, idx[..., None].expand(-1, -1, C))], dim=1)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self._drop_patches(self._pos_embed(self.patch_embed(x)))  # (B, C, H, W) -> (B, prefix + N, dim)
+
     def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, prefix + N, dim), every token (timm's contract)."""
-        return self.norm(self._blocks(self._pos_embed(self.patch_embed(x)), attn_mask))
+        return self.norm(self._blocks(self._tokens(x), attn_mask))
 
     def _blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None, last_queries: int | None = None) -> torch.Tensor:
         for i, blk in enumerate(self.blocks):
@@ -157,7 +175,7 @@ class VisionTransformer(nn.Module):
         block turns this off, so its full attention map is recorded."""
         if self.global_pool != "token" or not len(self.blocks) or self.blocks[-1].attn.capture:
             return self.forward_head(self.forward_features(x))
-        x = self._blocks(self._pos_embed(self.patch_embed(x)), None, last_queries=1)  # (B, 1, dim)
+        x = self._blocks(self._tokens(x), None, last_queries=1)  # (B, 1, dim)
         return self.forward_head(self.norm(x))
 
 
