@@ -18,7 +18,8 @@ from vitkit.callbacks import PredictionGallery, curve_panels, read_metrics
 from vitkit.cli import main
 from vitkit.data import load_rgb
 from vitkit.explain import explain_classifier
-from vitkit.explain.command import eval_pipeline, load_task
+from vitkit.explain.command import load_task
+from vitkit.explain.tasks import eval_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
@@ -145,3 +146,41 @@ def test_gallery_keeps_the_most_and_least_confident_in_the_true_class(tmp_path):
     assert best == [(0.99, 4), (0.9, 0)] and worst == [(0.05, 3), (0.2, 1)]
     gallery.on_test_epoch_end(trainer, module)
     assert gallery.path == tmp_path / "test_gallery.png" and gallery.path.stat().st_size > 5000
+
+
+# --------------------------------------------------------------------------- detection
+@pytest.fixture(scope="module")
+def detector_ckpt(tmp_path_factory) -> Path:
+    """An untrained tiny DETR-style ObjectDetector saved as LightningCLI saves a checkpoint."""
+    import pytorch_lightning as pl
+
+    from vitkit.tasks import ObjectDetector
+
+    torch.manual_seed(0)
+    kw = dict(depth=1, embed_dim=32, num_heads=2, decoder_dim=32, decoder_depth=2, decoder_heads=2, num_queries=10)
+    task = ObjectDetector("detr_vit_nano_patch8_64", num_classes=4, img_size=32, model_kwargs=kw,
+                          class_names=["circle", "square", "triangle", "star"])
+    path = tmp_path_factory.mktemp("det") / "det.ckpt"
+    torch.save({"state_dict": task.state_dict(), "pytorch-lightning_version": pl.__version__,
+                "hyper_parameters": {**task.hparams, "_class_path": "vitkit.tasks.ObjectDetector"},
+                "datamodule_hyper_parameters": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}, path)
+    return path
+
+
+def test_explain_a_detector_maps_each_detected_query(detector_ckpt, images, tmp_path, capsys):
+    from vitkit.explain.tasks import detection_inputs, detector_cross_attention
+
+    explain("--ckpt", str(detector_ckpt), str(images / "d2.png"), "--out", str(tmp_path), "--min-score", "0", "--max-objects", "3")
+    maps, layers = np.load(tmp_path / "d2_cross.npy"), np.load(tmp_path / "d2_cross_layers.npy")
+    assert maps.shape == (3, 4, 4) and layers.shape == (3, 2, 4, 4)  # (objects, [layers,] 32/8 x 32/8 patches)
+    np.testing.assert_allclose(layers[:, -1], maps)
+    with open(tmp_path / "explanations_cross.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["detections"] == "3" and (tmp_path / row["picture"]).stat().st_size > 5000
+    # the maps are the captured cross-attention of the three best-scoring queries
+    task, _ = load_task(str(detector_ckpt))
+    x, _ = detection_inputs([str(images / "d2.png")], 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    out, every = detector_cross_attention(task.model, x)  # (B, L, Q, gh, gw)
+    best = out["pred_logits"].softmax(-1)[0, :, :-1].max(-1).values.argsort(descending=True)[:3]
+    np.testing.assert_allclose(maps, every[0, -1, best].numpy(), atol=1e-6)
+    assert "not available for ObjectDetector" in _error(capsys, "--ckpt", str(detector_ckpt), str(images), "--method", "grad")

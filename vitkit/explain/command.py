@@ -4,7 +4,7 @@ write PNG overlays (image, heatmap, per-layer grid), the raw maps as .npy and an
     vitkit explain --ckpt runs/vit_tiny_digits/version_0/checkpoints/last.ckpt images/ --method rollout
 
 Which task a checkpoint holds is read from it (LightningCLI stores `_class_path` in its hyper-parameters);
-each task names the function that explains it in EXPLAINERS.
+`vitkit.explain.tasks.EXPLAINERS` says how each task is explained.
 """
 from __future__ import annotations
 
@@ -13,32 +13,17 @@ import csv
 import importlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import pytorch_lightning as pl
 import torch
-from rich.progress import track
 
-from ..data.images import list_images, load_rgb, scan_images
-from ..data.transforms import DEFAULT_TRANSFORMS, build_transforms
+from ..data.images import list_images, scan_images
 from ..errors import CheckpointError, ConfigError, DatasetNotFoundError
-from .methods import METHODS, explain_classifier
-from .render import denormalise, save_layer_grid, save_maps, save_overlay
+from .methods import METHODS
+from .tasks import EXPLAINERS, Inputs
 
 log = logging.getLogger("vitkit")
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Inputs:
-    """Images to explain: (path, name used for output files), and the unreadable ones skipped on request."""
-
-    images: list[tuple[str, str]]
-    skipped: list[tuple[str, str]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images (searched recursively)")
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `train.py fit` (e.g. .../checkpoints/last.ckpt)")
-    p.add_argument("--method", choices=METHODS, default="rollout",
-                   help="rollout: attention rollout (Abnar & Zuidema 2020); attention: raw attention of the pooled "
-                   "token per layer and head; grad: gradient-weighted relevance for the target class (Chefer et al. 2021)")
+    p.add_argument("--method", choices=(*METHODS, "cross"), default=None,
+                   help="classifiers: rollout (attention rollout, Abnar & Zuidema 2020; the default), attention (raw "
+                   "attention of the pooled token per layer and head) or grad (gradient-weighted relevance for the "
+                   "target class, Chefer et al. 2021); detectors: cross (decoder cross-attention of each detected "
+                   "object's query; the default)")
     p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's predicted class)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="detectors: explain detections scoring at least this (default: the task's display_threshold)")
+    p.add_argument("--max-objects", type=int, default=6, help="detectors: at most this many detections per image")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/explain next to the checkpoint's run)")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean", help="how rollout combines heads")
     p.add_argument("--batch-size", type=int, default=16)
@@ -63,18 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: found {args.batch_size}; expected a positive integer")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-objects", args.max_objects)):
+        if value < 1:
+            raise ConfigError(f"{flag}: found {value}; expected a positive integer")
     task, ckpt = load_task(args.ckpt, args.device)
     explainer = EXPLAINERS.get(type(task).__name__)
     if explainer is None:
         raise ConfigError(
             f"{args.ckpt}: holds a {type(task).__name__}; `vitkit explain` supports {', '.join(sorted(EXPLAINERS))}"
         )
+    args.method = args.method or explainer.methods[0]
+    if args.method not in explainer.methods:
+        raise ConfigError(
+            f"--method {args.method}: not available for {type(task).__name__}; expected one of {', '.join(explainer.methods)}"
+        )
     inputs = collect_inputs(args.inputs, args.skip_corrupt)
     out = Path(args.out) if args.out else default_out_dir(Path(args.ckpt))
     out.mkdir(parents=True, exist_ok=True)
-    rows = explainer(task, ckpt, inputs, args, out)
+    rows = explainer.run(task, ckpt, inputs, args, out)
     _write_index(rows, out / f"explanations_{args.method}.csv")
     print(f"explained {len(rows)} image(s) with {args.method}: {out}")
     if inputs.skipped:
@@ -155,68 +151,3 @@ def _write_index(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-
-
-# --------------------------------------------------------------------------- classification
-def parse_target(target: str | None, class_names: list[str]) -> int | None:
-    """--target as a class name or an index into class_names; None means the predicted class."""
-    if target is None:
-        return None
-    if target in class_names:
-        return class_names.index(target)
-    if target.lstrip("-").isdigit() and 0 <= int(target) < len(class_names):
-        return int(target)
-    shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-    raise ConfigError(f"--target {target!r}: not a class of this model; expected a name ({shown}) or an index 0..{len(class_names) - 1}")
-
-
-def eval_pipeline(ckpt: dict, img_size: tuple[int, int]):
-    """The evaluation transform the model was tested with (from the checkpoint's data-module settings), ending
-    in a resize to the model's input size so that any image fits; and its mean/std. Without data-module
-    settings: a resize with ImageNet statistics."""
-    dm = ckpt.get("datamodule_hyper_parameters") or {}
-    mean, std = tuple(dm.get("mean", IMAGENET_MEAN)), tuple(dm.get("std", IMAGENET_STD))
-    h, w = img_size
-    steps = DEFAULT_TRANSFORMS[dm["dataset"]](h, train=False) if dm.get("dataset") in DEFAULT_TRANSFORMS else []
-    fit = [A.Resize(height=h, width=w)]  # any input size ends at the model's
-    return build_transforms(dm.get("eval_transforms"), steps, "data.eval_transforms", mean, std, extra=fit), mean, std
-
-
-def explain_classification(task, ckpt: dict, inputs: Inputs, args, out: Path) -> list[dict]:
-    """Explain an ImageClassifier's predictions: overlays, layer grids, .npy maps; one index row per image."""
-    net = task.net
-    transform, mean, std = eval_pipeline(ckpt, tuple(net.img_size))
-    names = list(task.class_names)
-    target = parse_target(args.target, names)
-    device = next(net.parameters()).device
-    rows = []
-    batches = [inputs.images[i : i + args.batch_size] for i in range(0, len(inputs.images), args.batch_size)]
-    for batch in track(batches, description=f"explain ({args.method})", disable=len(batches) < 2):
-        x = torch.stack([transform(image=load_rgb(p))["image"] for p, _ in batch]).to(device)
-        exp = explain_classifier(net, x, args.method, target, args.head_fusion)
-        probs = exp.logits.softmax(dim=-1)
-        for i, (path, name) in enumerate(batch):
-            rows.append(_save_one(exp, i, x[i], path, out / f"{name}_{args.method}", names, probs[i], mean, std))
-    return rows
-
-
-def _save_one(exp, i: int, x: torch.Tensor, path: str, stem: Path, names: list[str], probs, mean, std) -> dict:
-    image = denormalise(x, mean, std)
-    pred, tgt = int(probs.argmax()), int(exp.target[i])
-    title = f"{Path(path).name}: predicted {names[pred]} ({probs[pred]:.1%})"
-    if exp.method == "grad":
-        title += f", relevance for {names[tgt]}"
-    overlay = save_overlay(image, exp.heatmap[i].cpu(), stem.with_name(stem.name + ".png"), f"{exp.method} — {title}")
-    layer_label = "rollout to layer" if exp.method == "rollout" else "layer"
-    grid = save_layer_grid(image, exp.layers[i].cpu(), stem.with_name(stem.name + "_layers.png"), title, layer_label)
-    npy, layers_npy = save_maps(stem, exp.heatmap[i], exp.layers[i])
-    return {
-        "path": path, "method": exp.method, "predicted": names[pred], "probability": round(float(probs[pred]), 6),
-        "target": names[tgt], "overlay": overlay.name, "layers": grid.name, "map": npy.name, "layer_maps": layers_npy.name,
-    }
-
-
-# Task class name -> function(task, checkpoint dict, inputs, args, out folder) -> index rows.
-# Segmentation, detection and captioning tasks add theirs here (detection/captioning read decoder
-# cross-attention with `vitkit.explain.cross_attention_maps`).
-EXPLAINERS: dict[str, Callable[..., list[dict]]] = {"ImageClassifier": explain_classification}

@@ -93,6 +93,39 @@ def save_layer_grid(
     return _save(fig, path)
 
 
+def save_object_maps(
+    image: np.ndarray,
+    maps: np.ndarray | torch.Tensor,
+    boxes: np.ndarray | torch.Tensor,
+    captions: list[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """The image with every box, then one overlay per object: its map (gh, gw) with its box (x0, y0, x1, y1 pixels)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    maps, boxes = np.asarray(maps, dtype=np.float32), np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    cols = min(4, len(maps) + 1)
+    rows = math.ceil((len(maps) + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    axes.flat[0].imshow(image, interpolation="nearest")
+    axes.flat[0].set_title("detections", fontsize=8)
+    for i, (heatmap, box, caption) in enumerate(zip(maps, boxes, captions)):
+        ax = axes.flat[i + 1]
+        _overlay(ax, image, heatmap)
+        ax.set_title(caption, fontsize=8)
+        for target in (ax, axes.flat[0]):
+            target.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5))
+        axes.flat[0].text(box[0], box[1], str(i + 1), color="white", fontsize=7, va="bottom")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def save_maps(stem: str | Path, heatmap: np.ndarray | torch.Tensor, layers: np.ndarray | torch.Tensor) -> list[Path]:
     """The raw (unnormalised) maps: `<stem>.npy` (gh, gw) and `<stem>_layers.npy` (L, [heads,] gh, gw)."""
     stem = Path(stem)
