@@ -8,6 +8,7 @@ to the newest run's `last.ckpt` (resuming in that run's folder) instead of silen
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from .callbacks import PredictionGallery, TrainingCurves
+from .data.text import linked_special_id, linked_vocab_size
 from .errors import VitkitError
 
 class VitkitCLI(LightningCLI):
@@ -38,6 +40,14 @@ class VitkitCLI(LightningCLI):
         parser.link_arguments("data.init_args.img_size", "model.init_args.img_size")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+        # text path: the tokenizer's vocabulary and special ids, and the longest sequence, fix the model's shapes
+        # (parse time: an instantiate-time link missing on another data module makes jsonargparse str() it)
+        parser.link_arguments("data.init_args.max_len", "model.init_args.max_len")
+        parser.link_arguments(("data.init_args.tokenizer", "data.init_args.vocab_size"), "model.init_args.vocab_size",
+                              compute_fn=linked_vocab_size)
+        for which in ("pad", "bos", "eos"):
+            parser.link_arguments("data.init_args.tokenizer", f"model.init_args.{which}_id",
+                                  compute_fn=functools.partial(linked_special_id, which))
 
     # -- `--ckpt_path last`: find the newest run's last.ckpt and continue in its folder --
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

@@ -4,6 +4,8 @@ from .detection import DetectionDataModule
 from .images import list_images, load_rgb, scan_images
 from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
+from .numbers import NumbersConfig, generate_numbers
+from .text import Seq2SeqDataModule, TextTokenizer, read_pairs
 from .transforms import (
     DEFAULT_TRANSFORMS,
     build_transforms,
@@ -37,4 +39,9 @@ __all__ = [
     "ShapesConfig",
     "generate_shapes",
     "render_scene",
+    "NumbersConfig",
+    "generate_numbers",
+    "Seq2SeqDataModule",
+    "TextTokenizer",
+    "read_pairs",
 ]
