@@ -6,6 +6,7 @@ from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
 from .numbers import NumbersConfig, generate_numbers
 from .text import Seq2SeqDataModule, TextTokenizer, read_pairs
+from .captioning import CaptioningDataModule, VQADataModule, read_captions, read_vqa
 from .transforms import (
     DEFAULT_TRANSFORMS,
     build_transforms,
@@ -44,4 +45,8 @@ __all__ = [
     "Seq2SeqDataModule",
     "TextTokenizer",
     "read_pairs",
+    "CaptioningDataModule",
+    "VQADataModule",
+    "read_captions",
+    "read_vqa",
 ]

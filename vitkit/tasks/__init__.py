@@ -2,6 +2,6 @@
 from .classification import ImageClassifier
 from .detection import ObjectDetector
 from .segmentation import SemanticSegmenter
-from .text import Seq2Seq
+from .text import ImageCaptioner, Seq2Seq, VisualQA
 
-__all__ = ["ImageClassifier", "ObjectDetector", "SemanticSegmenter", "Seq2Seq"]
+__all__ = ["ImageClassifier", "ObjectDetector", "SemanticSegmenter", "Seq2Seq", "ImageCaptioner", "VisualQA"]

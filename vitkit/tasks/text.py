@@ -322,3 +322,375 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_adamw_cosine(self, self.model)
+
+
+# ------------------------------------------------------------------------------------------ captioning
+def caption_words(text: str) -> str:
+    """Lower case, punctuation dropped, words joined by single spaces: the tokenisation COCO's caption
+    scorers expect (an approximation of its PTB tokenizer, which needs Java)."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def caption_scores(hyps: dict, refs: dict) -> dict[str, float]:
+    """Corpus BLEU-4 and CIDEr-D with pycocoevalcap (the COCO caption evaluation code), on 0..1 / 0..10."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if not hyps:
+        return {"bleu4": 0.0, "cider": 0.0}
+    gts = {k: [caption_words(r) for r in refs[k]] for k in hyps}
+    res = {k: [caption_words(hyps[k]) or "<empty>"] for k in hyps}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"bleu4": float(bleu[3]), "cider": float(cider)}
+
+
+def gather_rows(module: pl.LightningModule, rows: list) -> list:
+    """Every rank's rows (pure-python metrics like CIDEr need the whole split)."""
+    if module.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * module.trainer.world_size
+        torch.distributed.all_gather_object(parts, rows)
+        return [r for part in parts for r in part]
+    return rows
+
+
+def save_caption_sheet(images: list[torch.Tensor], captions: list[str], path: Path, mean=None, std=None,
+                       title: str = "", cols: int = 4) -> Path:
+    """A PNG grid of images, each with its caption underneath."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..callbacks import to_display
+
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(to_display(image, mean, std), interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(caption, 30)) or "(empty)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _normalisation(module: pl.LightningModule):
+    hp = getattr(getattr(module.trainer, "datamodule", None), "hparams", {}) or {}
+    return hp.get("mean"), hp.get("std")
+
+
+CaptionMetric = Literal["cider", "bleu4", "loss"]
+
+
+class ImageCaptioner(TokenizerMixin, pl.LightningModule):
+    """Image captioning: any registered vitkit image encoder and a causal text decoder (`CaptionTransformer`).
+
+    Trained with label-smoothed cross-entropy on every reference caption; validated and tested by decoding
+    one caption per image and scoring it against all references with COCO's BLEU-4 (0..1, ``bleu4``) and
+    CIDEr-D (``cider``). Test writes ``test_captions.json`` (COCO results format) and ``test_captions.png``;
+    predict writes ``predictions.json``/``.csv`` and ``captions.png`` (the images with their captions).
+
+    Args:
+        encoder: registered image encoder, e.g. ``vit_nano_patch4_32``.
+        encoder_kwargs: its keyword arguments (depth, patch_size, embed_dim, ...).
+        pretrained: checkpoint file for the encoder (timm/torchvision/transformers/vitkit), or None.
+        img_size: image side (linked from the data module).
+        vocab_size: vocabulary size (linked from the data module).
+        max_len: most caption tokens with BOS/EOS (linked).
+        pad_id: padding id (linked). bos_id: start id (linked). eos_id: end id (linked).
+        decoder_kwargs: ``CaptionTransformer`` decoder settings (dim, depth, num_heads, dropout, pos_embed).
+        lr: peak learning rate. weight_decay: AdamW weight decay. betas: AdamW betas.
+        warmup_steps: linear warm-up steps. min_lr_ratio: final lr fraction of the cosine.
+        label_smoothing: cross-entropy label smoothing.
+        beam_size: 1 decodes greedily; more runs beam search. length_penalty: GNMT exponent.
+        max_new_tokens: most generated tokens (None: max_len - 1).
+        monitor_metric: validation metric that picks the best checkpoint.
+        compile: ``torch.compile`` the model in place for training.
+        sheet_images: how many images the PNG sheets show.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "vit_nano_patch4_32",
+        encoder_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        img_size: int | None = None,
+        vocab_size: int = 1000,
+        max_len: int = 32,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        decoder_kwargs: dict[str, Any] | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 500,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        beam_size: int = 1,
+        length_penalty: float = 0.6,
+        max_new_tokens: int | None = None,
+        monitor_metric: CaptionMetric = "cider",
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        sheet_images: int = 16,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=DECODING + ["sheet_images"])
+        self.decoding = dict(beam_size=beam_size, length_penalty=length_penalty, max_new_tokens=max_new_tokens)
+        self.sheet_images = sheet_images
+        from ..models.captioner import CaptionTransformer
+
+        kwargs = dict(vocab_size=vocab_size, encoder=encoder, img_size=img_size, encoder_kwargs=encoder_kwargs,
+                      pretrained=pretrained, max_len=max_len, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                      **(decoder_kwargs or {}))
+        try:
+            self.model = CaptionTransformer(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args: cannot build the captioner with {kwargs}: {err}") from err
+        if compile:
+            self.model.compile(backend=compile_backend)
+        self.monitor, self.monitor_mode = f"val/{monitor_metric}", "min" if monitor_metric == "loss" else "max"
+        self._rows: list[dict] = []
+        self._sheet: list[tuple[torch.Tensor, str]] = []
+
+    def forward(self, images: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.model(images, tgt_in)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        tgt = batch["tgt"]
+        logits = self(batch["images"], tgt[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=self.hparams.pad_id,
+                               label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
+        return loss
+
+    def caption(self, images: torch.Tensor) -> list[str]:
+        d = self.decoding
+        ids = self.model.generate(images, d["max_new_tokens"] or self.hparams.max_len - 1, d["beam_size"],
+                                  d["length_penalty"])
+        return [self.tokenizer.decode(row) for row in ids.tolist()]
+
+    # -- evaluation --
+    def _evaluate(self, batch: dict, stage: str) -> list[str]:
+        self.log(f"{stage}/loss", self.loss(batch), prog_bar=stage == "val", batch_size=len(batch["images"]), sync_dist=True)
+        hyps = self.caption(batch["images"])
+        self._rows += [{"image_id": i, "caption": h, "refs": r} for i, h, r in zip(batch["image_id"], hyps, batch["refs"])]
+        return hyps
+
+    def _log_scores(self, stage: str) -> dict[str, float]:
+        rows = gather_rows(self, self._rows)
+        scores = caption_scores({r["image_id"]: r["caption"] for r in rows}, {r["image_id"]: r["refs"] for r in rows})
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val", rank_zero_only=True)
+        return scores
+
+    def on_validation_epoch_start(self) -> None:
+        self._rows = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._rows, self._sheet = [], []
+
+    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
+        hyps = self._evaluate(batch, "test")
+        self._keep_for_sheet(batch["images"], [f"{h}\n(ref: {r[0]})" for h, r in zip(hyps, batch["refs"])])
+        return hyps
+
+    def gallery_items(self, batch: dict, outputs: list[str]):
+        """Best/worst test captions for the CLI's gallery, scored by sentence BLEU against the references."""
+        import sacrebleu
+
+        return [(sacrebleu.sentence_bleu(caption_words(h), [caption_words(r) for r in refs]).score / 100, img, h)
+                for img, h, refs in zip(batch["images"], outputs, batch["refs"])]
+
+    def _keep_for_sheet(self, images: torch.Tensor, captions: list[str]) -> None:
+        for image, caption in zip(images, captions):
+            if len(self._sheet) < self.sheet_images:
+                self._sheet.append((image.detach().cpu(), caption))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+        self._write_outputs("test_captions", [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
+
+    @rank_zero_only
+    def _write_outputs(self, name: str, rows: list[dict]) -> None:
+        """<run>/<name>.json and, with the kept images, the sheet <run>/test_captions.png or captions.png."""
+        out = run_dir(self)
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+        if self._sheet:
+            sheet = out / ("test_captions.png" if name == "test_captions" else "captions.png")
+            mean, std = _normalisation(self)
+            save_caption_sheet([i for i, _ in self._sheet], [c for _, c in self._sheet], sheet, mean, std,
+                               f"{type(self).__name__}: {name.replace('_', ' ')}")
+        log.info("%d captions written to %s", len(rows), out / f"{name}.json")
+
+    # -- prediction --
+    def on_predict_epoch_start(self) -> None:
+        self._rows, self._sheet = [], []
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        hyps = self.caption(batch["images"])
+        rows = [{"path": str(p), "caption": h} for p, h in zip(batch["path"], hyps)]
+        self._rows += rows
+        self._keep_for_sheet(batch["images"], hyps)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_outputs("predictions", self._rows)
+        out = run_dir(self)
+        with open(out / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "caption"])
+            w.writerows([r["path"], r["caption"]] for r in self._rows)
+
+    def configure_optimizers(self):
+        return configure_adamw_cosine(self, self.model)
+
+
+# ------------------------------------------------------------------------------------------ VQA
+def vqa_score(answer: str, references: list[str]) -> float:
+    """VQA accuracy of one answer (Antol et al. 2015): min(1, #references that agree / 3); with a single
+    reference, exact match."""
+    if not references:
+        return 0.0
+    if len(references) == 1:
+        return float(answer == references[0])
+    return min(1.0, sum(answer == r for r in references) / 3.0)
+
+
+class VisualQA(TokenizerMixin, pl.LightningModule):
+    """Visual question answering as answer classification (`VQATransformer`): label-smoothed cross-entropy
+    over the training answers; ``vqa_acc`` (0..1) in validation/test; predict writes ``predictions.json``/``.csv``.
+
+    Args:
+        encoder: registered image encoder. encoder_kwargs: its keyword arguments.
+        pretrained: checkpoint file for the encoder, or None. img_size: image side (linked).
+        vocab_size: question vocabulary (linked). max_len: most question tokens (linked).
+        pad_id: padding id (linked). bos_id, eos_id: the tokenizer's other special ids (linked, checked).
+        num_classes: number of answers (linked). class_names: the answers (linked).
+        fusion_kwargs: ``VQATransformer`` settings (dim, depth, num_heads, dropout, pos_embed).
+        lr: peak learning rate. weight_decay: AdamW weight decay. betas: AdamW betas.
+        warmup_steps: linear warm-up steps. min_lr_ratio: final lr fraction of the cosine.
+        label_smoothing: cross-entropy label smoothing.
+        compile: ``torch.compile`` the model in place for training.
+    """
+
+    monitor, monitor_mode = "val/vqa_acc", "max"
+
+    def __init__(
+        self,
+        encoder: str = "vit_nano_patch4_32",
+        encoder_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        img_size: int | None = None,
+        vocab_size: int = 1000,
+        max_len: int = 24,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        fusion_kwargs: dict[str, Any] | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 500,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"model.class_names has {len(class_names)} answers; expected num_classes={num_classes}")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        from ..models.captioner import VQATransformer
+
+        kwargs = dict(vocab_size=vocab_size, num_answers=num_classes, encoder=encoder, img_size=img_size,
+                      encoder_kwargs=encoder_kwargs, pretrained=pretrained, max_len=max_len, pad_id=pad_id,
+                      **(fusion_kwargs or {}))
+        try:
+            self.model = VQATransformer(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.init_args: cannot build the VQA model with {kwargs}: {err}") from err
+        if compile:
+            self.model.compile(backend=compile_backend)
+        self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
+        self._rows: list[dict] = []
+
+    def forward(self, images: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+        return self.model(images, question)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not bool((labels >= 0).any()):  # no answer of this batch is a known class
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["images"], batch["question"]), batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
+        return loss
+
+    def _answer(self, logits: torch.Tensor) -> tuple[list[str], list[float]]:
+        probs = logits.float().softmax(dim=-1)
+        p, idx = probs.max(dim=-1)
+        return [self.class_names[i] for i in idx.tolist()], p.tolist()
+
+    def _evaluate(self, batch: dict, stage: str, metric: MeanMetric) -> list[str]:
+        logits = self(batch["images"], batch["question"])
+        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
+        answers, _ = self._answer(logits)
+        metric.update(torch.tensor([vqa_score(a, r) for a, r in zip(answers, batch["answers"])], device=self.device))
+        self.log(f"{stage}/vqa_acc", metric, prog_bar=stage == "val")
+        return answers
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
+        return self._evaluate(batch, "test", self.test_acc)
+
+    def gallery_items(self, batch: dict, outputs: list[str]):
+        """Best/worst test answers for the CLI's gallery, scored by VQA accuracy."""
+        return [(vqa_score(a, r), img, f"{q}\n{a} (true: {r[0] if r else '?'})")
+                for img, q, a, r in zip(batch["images"], batch["question_text"], outputs, batch["answers"])]
+
+    def on_predict_epoch_start(self) -> None:
+        self._rows = []
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        answers, probs = self._answer(self(batch["images"], batch["question"]))
+        rows = [{"image": str(p), "question": q, "answer": a, "prob": round(pr, 6)}
+                for p, q, a, pr in zip(batch["path"], batch["question_text"], answers, probs)]
+        self._rows += rows
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        out = run_dir(self)
+        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+        (out / f"predictions{suffix}.json").write_text(json.dumps(self._rows, indent=1))
+        with open(out / f"predictions{suffix}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["image", "question", "answer", "prob"])
+            w.writeheader()
+            w.writerows(self._rows)
+        log.info("%d answers written to %s", len(self._rows), out / f"predictions{suffix}.csv")
+
+    def configure_optimizers(self):
+        return configure_adamw_cosine(self, self.model)

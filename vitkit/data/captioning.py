@@ -1,0 +1,466 @@
+"""Image captioning and visual question answering data: COCO-captions JSON (Chen et al. 2015) and a simple VQA
+JSON, read with errors that name the file and entry, on the embedded shapes scenes by default (captions and
+question/answer pairs written by `vitkit.data.shapes`).
+
+    captions: {"images": [{"id", "file_name"}...], "annotations": [{"image_id", "caption"}...]}
+    VQA:      [{"file_name", "question", "answer"} ...]   ("answers": [...] for several human answers;
+              "image_id" optional; file_name relative to the split's image folder)
+
+Images are resized to `img_size` with no flips by default (shapes captions name objects left to right).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError, DataError, DatasetNotFoundError
+from .images import list_images, load_rgb
+from .shapes import DEFAULT_ROOT as SHAPES_ROOT
+from .shapes import ShapesConfig, generate_shapes
+from .text import LengthGuard, LongLines, TextTokenizer, adopt_tokenizer, pad_batch
+from .transforms import build_transforms
+
+log = logging.getLogger("vitkit")
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def normalize_answer(text: str) -> str:
+    """VQA answer normalisation (a subset of Antol et al.'s): lower case, no punctuation, no articles."""
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    return " ".join(w for w in words if w not in ("a", "an", "the"))
+
+
+# ------------------------------------------------------------------------------------------ readers
+@dataclass(frozen=True)
+class CaptionedImage:
+    path: str
+    image_id: int | str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Question:
+    path: str
+    image_id: int | str
+    question: str
+    answers: tuple[str, ...]  # one or several (human) answers, normalised
+    where: str
+
+
+def _load_json(path: Path, what: str):
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} file {path} not found; expected a JSON file (see datasets/README.md)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg})") from err
+
+
+def read_captions(json_path: str | os.PathLike, image_dir: str | os.PathLike) -> tuple[list[CaptionedImage], int]:
+    """COCO-captions JSON -> images with their reference captions, and the number of images without any
+    caption (left out, and reported by the caller). Names the file and entry of anything malformed."""
+    path = Path(json_path)
+    data = _load_json(path, "captions")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path}: expected a COCO captions object with 'images' and 'annotations' lists")
+    files = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            raise DataError(f"{path}: images[{i}] has no 'id' or 'file_name'; found {img!r}")
+        files[img["id"]] = str(Path(image_dir) / img["file_name"])
+    captions: dict = {k: [] for k in files}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
+            raise DataError(f"{where} has no 'caption' text; found {ann!r}")
+        if ann.get("image_id") not in files:
+            raise DataError(f"{where}: image_id {ann.get('image_id')!r} is not among the file's images")
+        if not ann["caption"].strip():
+            raise DataError(f"{where} (image_id {ann['image_id']}): empty caption; expected text")
+        captions[ann["image_id"]].append(ann["caption"].strip())
+    items = [CaptionedImage(files[k], k, tuple(c)) for k, c in captions.items() if c]
+    _check_files_exist([it.path for it in items], path)
+    return items, len(files) - len(items)
+
+
+def read_vqa(json_path: str | os.PathLike, image_dir: str | os.PathLike) -> list[Question]:
+    """Simple VQA JSON -> questions; each entry needs `file_name`, `question` and `answer` (or `answers`)."""
+    path = Path(json_path)
+    data = _load_json(path, "VQA")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{file_name, question, answer}} objects; found {type(data).__name__}")
+    out = []
+    for i, row in enumerate(data):
+        where = f"{path}: entry {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with file_name, question and answer; found {row!r}")
+        missing = [k for k in ("file_name", "question") if not isinstance(row.get(k), str)]
+        answers = row.get("answers", [row["answer"]] if isinstance(row.get("answer"), str) else None)
+        if missing or not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            missing += [] if isinstance(answers, list) and answers else ["answer (or answers)"]
+            raise DataError(f"{where}: no {', '.join(missing)}; found keys {sorted(row)}")
+        if not row["question"].strip():
+            raise DataError(f"{where}: empty question; expected text")
+        file = str(Path(image_dir) / row["file_name"])
+        out.append(Question(file, row.get("image_id", row["file_name"]), row["question"].strip(),
+                            tuple(normalize_answer(a) for a in answers), where))
+    if not out:
+        raise DataError(f"{path}: no questions; expected at least one entry")
+    _check_files_exist(sorted({q.path for q in out}), path)
+    return out
+
+
+def _check_files_exist(paths: Sequence[str], source: Path) -> None:
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise DatasetNotFoundError(f"{source}: {len(missing)} image file(s) it names do not exist: {shown}; "
+                                   f"expected them under the split's image folder")
+
+
+# ------------------------------------------------------------------------------------------ datasets
+class ImageTextDataset(Dataset):
+    """Items: dict with `images` (3, H, W) and whatever per-item fields `rows` hold (token ids stay lists)."""
+
+    def __init__(self, paths: list[str], rows: list[dict], transform: A.Compose) -> None:
+        self.paths, self.rows, self.transform = paths, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"images": self.transform(image=load_rgb(self.paths[i]))["image"], **self.rows[i]}
+
+
+class ImageTextCollate:
+    """Stack images, pad id lists (`tgt`, `question`) with `pad_id`, tensor `label`, keep other fields as lists."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {}
+        for key in items[0]:
+            values = [it[key] for it in items]
+            if key == "images":
+                batch[key] = torch.stack(values)
+            elif key in ("tgt", "question"):
+                batch[key] = pad_batch(values, self.pad_id)
+            elif key == "label":
+                batch[key] = torch.tensor(values, dtype=torch.long)
+            else:
+                batch[key] = values
+        return batch
+
+
+# ------------------------------------------------------------------------------------------ shared set-up
+class _ImageTextData(pl.LightningDataModule):
+    """What the captioning and VQA data modules share: split sources (the shapes scenes or given files), the
+    tokenizer (trained, loaded, or restored from a checkpoint), image transforms and loaders."""
+
+    kind = "captions"
+
+    def _init_common(self) -> None:
+        h = self.hparams
+        _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
+        _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
+        _require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
+        if h.train_json is None and Path(h.root).resolve() == Path(SHAPES_ROOT).resolve() and self._shapes_config() != ShapesConfig():
+            raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and detection; "
+                              f"generate {h.shapes_num_train} training scenes under another data.root")
+        self.guard = LengthGuard(h.long_lines)
+        resize = [A.Resize(h.img_size, h.img_size)]
+        self.train_transform = build_transforms(h.train_transforms, resize, "data.train_transforms", h.mean, h.std)
+        self.eval_transform = build_transforms(None, resize, "data.eval_transforms", h.mean, h.std)
+        self._tokenizer: TextTokenizer | None = None
+        self._file_tokenizer: TextTokenizer | None = None
+        self._items: dict[str, list] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    def __str__(self) -> str:  # Lightning's default builds every dataloader (see Seq2SeqDataModule.__str__)
+        return f"{type(self).__name__}({self.hparams.train_json or self.hparams.root})"
+
+    def _shapes_config(self) -> ShapesConfig:
+        return ShapesConfig(num_train=self.hparams.shapes_num_train)
+
+    def _source(self, split: Split) -> tuple[Path, Path]:
+        """(annotation JSON, image folder) of a split: given files, else the shapes scenes."""
+        h = self.hparams
+        if h.train_json is None:
+            root = generate_shapes(h.root, self._shapes_config())
+            return root / "annotations" / f"{self.kind}_{split}.json", root / split / "images"
+        given = {"train": (h.train_json, h.train_images), "val": (h.val_json, h.val_images),
+                 "test": (h.test_json or h.val_json, h.test_images or h.val_images)}[split]
+        if given[0] is None:
+            raise ConfigError(f"data.{split}_json is not set; expected the {split} annotation file (with data.train_json "
+                              f"given, every split needs its own file; test falls back to val)")
+        return Path(given[0]), Path(given[1] or Path(given[0]).parent)
+
+    def prepare_data(self) -> None:
+        if self.hparams.train_json is None:
+            generate_shapes(self.hparams.root, self._shapes_config())
+
+    # -- tokenizer (as in Seq2SeqDataModule): trained on the training text, given as a file, or restored --
+    @property
+    def file_tokenizer(self) -> TextTokenizer | None:
+        if self.hparams.tokenizer is not None and self._file_tokenizer is None:
+            self._file_tokenizer = TextTokenizer.from_file(self.hparams.tokenizer)
+        return self._file_tokenizer
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self.file_tokenizer or self._train_tokenizer()
+        return self._tokenizer
+
+    def _train_tokenizer(self) -> TextTokenizer:
+        texts = self._training_texts()
+        tok = TextTokenizer.train(texts, self.hparams.vocab_size)
+        log.info("trained a byte-level BPE of %d tokens on %d training %s", tok.vocab_size, len(texts), self.kind)
+        return tok
+
+    def state_dict(self) -> dict:
+        return {"tokenizer": self._tokenizer.state()} if self._tokenizer is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "tokenizer" in state:
+            self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
+            self._datasets.clear()
+
+    def _split_items(self, split: Split) -> list:
+        if split not in self._items:
+            self._items[split] = self._read(split)
+        return self._items[split]
+
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          collate_fn=ImageTextCollate(self.tokenizer.pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+
+_COMMON_ARGS_DOC = """
+        root: folder of the embedded shapes scenes (generated on first use).
+        shapes_num_train: training scenes to generate there (the shared default folder keeps 2,000).
+        train_json: training annotations; None uses the shapes scenes. With it, val_json is needed too.
+        train_images: folder the training file names are relative to (default: the JSON's folder).
+        val_json: validation annotations.
+        val_images: validation image folder.
+        test_json: test annotations (None: the validation ones).
+        test_images: test image folder.
+        tokenizer: a Hugging Face tokenizer.json; None trains a byte-level BPE on the training text. Saved in
+            the checkpoint and as `tokenizer.json` in the run folder.
+        vocab_size: size of the BPE to train (linked to the model).
+        max_len: most tokens of a text plus BOS/EOS (linked to the model).
+        long_lines: "error" stops at a text longer than max_len naming it; "truncate" cuts and counts.
+        img_size: side of the square images (linked to the model's encoder).
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        train_transforms: albumentations steps for training (default: resize only); Normalize is appended.
+        mean: per-channel mean of Normalize.
+        std: per-channel standard deviation of Normalize."""
+
+
+class CaptioningDataModule(_ImageTextData):
+    """Image captioning data for `vitkit.tasks.ImageCaptioner`.
+
+    Training batches hold one (image, caption) pair per item: `images` (B, 3, H, W) and `tgt` (B, T) =
+    [bos, caption..., eos] padded. Validation/test batches hold one item per image, with `refs` (all its
+    reference captions) and `tgt` from the first. Predict batches hold `images` and `path`.
+
+    Args:""" + _COMMON_ARGS_DOC + """
+        predict_dir: folder of images to caption for `predict` (None: the test images).
+    """
+
+    kind = "captions"
+
+    def __init__(
+        self,
+        root: str = SHAPES_ROOT,
+        shapes_num_train: int = 2000,
+        train_json: str | None = None,
+        train_images: str | None = None,
+        val_json: str | None = None,
+        val_images: str | None = None,
+        test_json: str | None = None,
+        test_images: str | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 1000,
+        max_len: int = 32,
+        long_lines: LongLines = "error",
+        img_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        train_transforms: list[dict] | None = None,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_common()
+
+    def _read(self, split: Split) -> list[CaptionedImage]:
+        json_path, images = self._source(split)
+        items, without = read_captions(json_path, images)
+        if without:
+            log.warning("%s: %d image(s) without captions left out", json_path, without)
+        return items
+
+    def _training_texts(self) -> list[str]:
+        return [c for it in self._split_items("train") for c in it.captions]
+
+    def _encode(self, caption: str, where: str) -> list[int]:
+        tok = self.tokenizer
+        return [tok.bos_id, *self.guard(tok.encode(caption), self.hparams.max_len - 2, where, "caption"), tok.eos_id]
+
+    def _build(self, split: str) -> Dataset:
+        if split == "predict":
+            if self.hparams.predict_dir is None:
+                items = self._split_items("test")
+                return ImageTextDataset([it.path for it in items], [{"path": it.path} for it in items], self.eval_transform)
+            paths = list_images(self.hparams.predict_dir)
+            return ImageTextDataset(paths, [{"path": p} for p in paths], self.eval_transform)
+        items = self._split_items(split)
+        if split == "train":
+            pairs = [(it, c) for it in items for c in it.captions]
+            rows = [{"tgt": self._encode(c, f"{it.path} caption {c!r}"), "image_id": it.image_id} for it, c in pairs]
+            paths = [it.path for it, _ in pairs]
+            transform = self.train_transform
+        else:
+            rows = [{"tgt": self._encode(it.captions[0], f"{it.path} caption {it.captions[0]!r}"), "refs": list(it.captions),
+                     "image_id": it.image_id, "path": it.path} for it in items]
+            paths, transform = [it.path for it in items], self.eval_transform
+        self.guard.report(split)
+        return ImageTextDataset(paths, rows, transform)
+
+
+class VQADataModule(_ImageTextData):
+    """Visual question answering data for `vitkit.tasks.VisualQA`: answers are classes, taken from the
+    training answers (most frequent first, at most `max_answers`); a val/test answer outside them is a label
+    of -1 (no loss) and counts as wrong.
+
+    Batches: `images` (B, 3, H, W), `question` (B, Q) token ids (no BOS/EOS), `label` (B,), and the text:
+    `question_text`, `answers` (normalised references), `path`.
+
+    Args:""" + _COMMON_ARGS_DOC + """
+        max_answers: most answer classes.
+        predict_file: JSON list of {"image": path, "question": text} to answer for `predict` (paths relative
+            to the file's folder); None answers the test questions.
+    """
+
+    kind = "vqa"
+
+    def __init__(
+        self,
+        root: str = SHAPES_ROOT,
+        shapes_num_train: int = 2000,
+        train_json: str | None = None,
+        train_images: str | None = None,
+        val_json: str | None = None,
+        val_images: str | None = None,
+        test_json: str | None = None,
+        test_images: str | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 1000,
+        max_len: int = 24,
+        long_lines: LongLines = "error",
+        img_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        train_transforms: list[dict] | None = None,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        max_answers: int = 1000,
+        predict_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_common()
+        self._answers: list[str] | None = None
+
+    # -- answer classes (linked to the task as num_classes / class_names) --
+    @property
+    def class_names(self) -> list[str]:
+        if self._answers is None:
+            counts = Counter(a for q in self._split_items("train") for a in q.answers)
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            self._answers = [a for a, _ in ranked[: self.hparams.max_answers]]
+        return list(self._answers)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _read(self, split: Split) -> list[Question]:
+        return read_vqa(*self._source(split))
+
+    def _training_texts(self) -> list[str]:
+        return [q.question for q in self._split_items("train")]
+
+    def _row(self, q: Question, index: dict[str, int]) -> dict:
+        label = Counter(q.answers).most_common(1)[0][0] if q.answers else None  # the majority answer
+        ids = self.guard(self.tokenizer.encode(q.question), self.hparams.max_len, q.where, "question")
+        return {"question": ids, "label": index.get(label, -1), "question_text": q.question, "answers": list(q.answers),
+                "path": q.path}
+
+    def _build(self, split: str) -> Dataset:
+        index = {a: i for i, a in enumerate(self.class_names)}
+        if split == "predict":
+            questions = self._predict_questions() if self.hparams.predict_file else self._split_items("test")
+        else:
+            questions = self._split_items(split)
+        rows = [self._row(q, index) for q in questions]
+        self.guard.report(split)
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageTextDataset([q.path for q in questions], rows, transform)
+
+    def _predict_questions(self) -> list[Question]:
+        path = Path(self.hparams.predict_file)
+        data = _load_json(path, "data.predict_file")
+        if not isinstance(data, list) or not data:
+            raise DataError(f"{path}: expected a non-empty JSON list of {{image, question}} objects")
+        out = []
+        for i, row in enumerate(data):
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not str(row.get("question", "")).strip():
+                raise DataError(f"{path}: entry {i} needs 'image' (a path) and a non-empty 'question'; found {row!r}")
+            image = row["image"] if os.path.isabs(row["image"]) else str(path.parent / row["image"])
+            out.append(Question(image, row["image"], row["question"].strip(), (), f"{path}: entry {i}"))
+        _check_files_exist(sorted({q.path for q in out}), path)
+        return out
+
+
+def _require(ok: bool, field: str, found: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
+
