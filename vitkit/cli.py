@@ -4,11 +4,14 @@ Defaults added here, each overridable from YAML: a Rich progress bar, CSV + Tens
 one run folder (`runs/<config name>/version_N`), a ModelCheckpoint keeping the best and the last
 checkpoint (monitor taken from the task), the learning-rate monitor, and `--ckpt_path last` resolving
 to the newest run's `last.ckpt` (resuming in that run's folder) instead of silently starting afresh.
+The fault-tolerance callbacks of `vitkit.faults` (pre-emption, non-finite loss, exact resume, checkpoint
+stamp) are added too, and `--ckpt_path` is read weights-only and checked against the config's task first.
 """
 from __future__ import annotations
 
 import csv
 import functools
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from .callbacks import PredictionGallery, TrainingCurves
 from .data.text import linked_special_id, linked_vocab_size
 from .errors import VitkitError
+from .faults import CheckpointStamp, NonFiniteLoss, Preemption, ResumeState, load_checkpoint, task_name
 
 class VitkitCLI(LightningCLI):
     """LightningCLI in subclass mode: a config names the task (`model.class_path`) and data module."""
@@ -57,6 +61,20 @@ class VitkitCLI(LightningCLI):
             ckpt, version = find_last_checkpoint(self._root_dir(), self._run_name())
             self.config[sub]["ckpt_path"] = str(ckpt)
             self._resume_version = version
+        if sub:
+            self._check_checkpoint(self.config[sub])
+
+    def _check_checkpoint(self, cfg) -> None:
+        """Load `ckpt_path` weights-only (the default unless `--weights_only false`) and refuse a checkpoint of
+        another task or vitkit version with one clear message, before Lightning reads it."""
+        if cfg.get("weights_only") is None and "weights_only" in cfg:
+            cfg["weights_only"] = True
+        path = cfg.get("ckpt_path")
+        if not path or path in ("best", "last", "hpc", "registry"):
+            return
+        class_path = (cfg.get("model") or {}).get("class_path")
+        task = task_name(_import(class_path)) if class_path else None
+        load_checkpoint(path, task=task, weights_only=cfg.get("weights_only") is not False)
 
     def _section(self):
         sub = self.config.get("subcommand")
@@ -92,9 +110,14 @@ class VitkitCLI(LightningCLI):
         if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
             monitor, mode = getattr(self.model, "monitor", None), getattr(self.model, "monitor_mode", "min")
             extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}"))
+            # last.ckpt after every epoch too: Lightning's save_last rewrites it only when the monitor improved
+            extra.append(ModelCheckpoint(filename="last", enable_version_counter=False))
         for report in (TrainingCurves, PredictionGallery):  # PNG reports in the run folder
             if not any(isinstance(c, report) for c in have):
                 extra.append(report())
+        for fault in (Preemption, NonFiniteLoss, ResumeState, CheckpointStamp):  # vitkit.faults
+            if not any(isinstance(c, fault) for c in have):
+                extra.append(fault())
         return extra
 
     def _loggers(self) -> list:
@@ -131,6 +154,11 @@ class ResumedCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _next_version(folder: Path) -> int:
@@ -176,13 +204,18 @@ def find_vitkit_error(err: BaseException | None) -> VitkitError | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2.
-    `explain ...` goes to `vitkit.explain.command` (argparse); everything else is LightningCLI."""
+    `explain ...` goes to `vitkit.explain.command` and `check-data ...` to `vitkit.checkdata` (argparse);
+    everything else is LightningCLI."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["explain"]:
             from .explain.command import main as explain
 
             return explain(argv[1:])
+        if argv[:1] == ["check-data"]:
+            from .checkdata import main as check_data
+
+            return check_data(argv[1:])
         VitkitCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is (or wraps) one of vitkit's own errors
         found = find_vitkit_error(err)

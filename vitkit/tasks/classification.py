@@ -108,7 +108,6 @@ class ImageClassifier(pl.LightningModule):
         self.soft_ce = SoftTargetCrossEntropy()
         # kept out of the module tree (not in state_dict/parameters()/summary): see on_save_checkpoint and _apply
         self.__dict__["ema"] = build_ema(self.model, ema_decay) if ema_decay is not None else None
-        self._ema_step = -1
         if compile:  # nn.Module.compile is in place: state-dict keys get no `_orig_mod.` prefix
             self.model.compile(backend=compile_backend)
             if self.ema is not None:
@@ -145,11 +144,12 @@ class ImageClassifier(pl.LightningModule):
         return self.soft_ce(self(x), target)
 
     # -- weight EMA (timm ModelEmaV3), outside the module tree --
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.trainer.global_step  # counts optimiser steps, so gradient accumulation is respected
-        if self.ema is not None and step != self._ema_step:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Update the EMA right after each optimiser step (so with gradient accumulation, once per step), inside
+        the batch: a checkpoint saved at that batch's end (pre-emption, every_n_train_steps) already holds it."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update(self.model)
-            self._ema_step = step
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
