@@ -77,6 +77,7 @@ def run(name: str, seed: int, args) -> dict:
                            lr=args.lr, warmup_epochs=0.05, label_smoothing=0.0)
     x, y = test.tensors()
     untrained = hit_rates(task.model.eval(), x, test.boxes, img_size)
+    task.model.train()  # Lightning keeps each submodule's mode at the start of fit
     start = time.perf_counter()
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=True, accelerator="cpu")

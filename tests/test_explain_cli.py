@@ -184,3 +184,37 @@ def test_explain_a_detector_maps_each_detected_query(detector_ckpt, images, tmp_
     best = out["pred_logits"].softmax(-1)[0, :, :-1].max(-1).values.argsort(descending=True)[:3]
     np.testing.assert_allclose(maps, every[0, -1, best].numpy(), atol=1e-6)
     assert "not available for ObjectDetector" in _error(capsys, "--ckpt", str(detector_ckpt), str(images), "--method", "grad")
+
+
+# --------------------------------------------------------------------------- segmentation
+def test_explain_a_segmenter_reads_rollout_from_each_predicted_class_region(images, tmp_path):
+    import pytorch_lightning as pl
+
+    from vitkit.explain import region_read_out, rollout, self_attentions
+    from vitkit.explain.tasks import eval_pipeline, segmenter_region_rollout
+    from vitkit.tasks import SemanticSegmenter
+
+    torch.manual_seed(0)
+    enc = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    task = SemanticSegmenter("segmenter_vit_tiny_patch8_64", num_classes=3, img_size=32, class_names=["bg", "a", "b"],
+                             model_kwargs={"encoder_kwargs": enc, "head_kwargs": {"depth": 1}}).eval()
+    ckpt = tmp_path / "seg.ckpt"
+    torch.save({"state_dict": task.state_dict(), "pytorch-lightning_version": pl.__version__,
+                "hyper_parameters": {**task.hparams, "_class_path": "vitkit.tasks.SemanticSegmenter"}}, ckpt)
+    explain("--ckpt", str(ckpt), str(images / "d0.png"), "--out", str(tmp_path / "out"))
+    with open(tmp_path / "out" / "explanations_rollout.csv") as f:
+        row = next(csv.DictReader(f))
+    maps = np.load(tmp_path / "out" / "d0_rollout.npy")  # (classes present, 4, 4)
+    classes = row["classes"].split("; ")
+    assert maps.shape == (len(classes), 4, 4) and set(classes) <= {"bg", "a", "b"}
+    assert (tmp_path / "out" / row["picture"]).stat().st_size > 5000
+    # independently: rollout of the encoder's captured attention, rows of the first class's patches averaged
+    x = eval_pipeline({}, (32, 32))[0](image=load_rgb(images / "d0.png"))["image"][None]
+    with torch.no_grad():
+        _, attns = self_attentions(task.model.encoder, x)
+    _, _, labels = segmenter_region_rollout(task.model, x)
+    first = ["bg", "a", "b"].index(classes[0])
+    rows = rollout(attns)[0, 1:, 1:][labels.flatten() == first]  # the class token is the one prefix token
+    np.testing.assert_allclose(maps[0], rows.mean(0).reshape(4, 4).numpy(), atol=1e-6)
+    torch.testing.assert_close(region_read_out(rollout(attns), torch.ones(1, 16, dtype=torch.bool), 1),
+                               rollout(attns)[:, 1:, 1:].mean(1))  # the whole image: the mean-pool read-out

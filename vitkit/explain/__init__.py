@@ -9,6 +9,7 @@ from .methods import (
     fuse_heads,
     gradient_relevance,
     read_out,
+    region_read_out,
     rollout,
     rollout_per_layer,
     self_attentions,
@@ -17,6 +18,6 @@ from .methods import (
 
 __all__ = [
     "METHODS", "Explanation", "LocalisationSet", "chance_rate", "cross_attention_maps", "explain_classifier",
-    "fuse_heads", "gradient_relevance", "pasted_digits", "pointing_hits", "read_out", "rollout",
+    "fuse_heads", "gradient_relevance", "pasted_digits", "pointing_hits", "read_out", "region_read_out", "rollout",
     "rollout_per_layer", "self_attentions", "shape_scenes", "to_grid",
 ]

@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifiers: rollout (attention rollout, Abnar & Zuidema 2020; the default), attention (raw "
                    "attention of the pooled token per layer and head) or grad (gradient-weighted relevance for the "
                    "target class, Chefer et al. 2021); detectors: cross (decoder cross-attention of each detected "
-                   "object's query; the default)")
-    p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's predicted class)")
+                   "object's query; the default); segmenters: rollout (read from each predicted class's patches)")
+    p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's predicted class; segmenters: the largest predicted classes)")
     p.add_argument("--min-score", type=float, default=None,
                    help="detectors: explain detections scoring at least this (default: the task's display_threshold)")
-    p.add_argument("--max-objects", type=int, default=6, help="detectors: at most this many detections per image")
+    p.add_argument("--max-objects", type=int, default=6, help="detectors: at most this many detections per image; segmenters: classes per image")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/explain next to the checkpoint's run)")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean", help="how rollout combines heads")
     p.add_argument("--batch-size", type=int, default=16)

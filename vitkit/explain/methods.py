@@ -107,6 +107,14 @@ def read_out(matrix: torch.Tensor, num_prefix: int, pool: Pool) -> torch.Tensor:
     return matrix[..., num_prefix:, num_prefix:].mean(dim=-2)
 
 
+def region_read_out(matrix: torch.Tensor, region: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """What the patches of a region draw from every patch: the mean of their rows, (B, N, N) and a (B, N_patches)
+    boolean region -> (B, N_patches); zeros for an empty region. `read_out(..., "avg")` is the whole image."""
+    rows = matrix[:, num_prefix:, num_prefix:]  # (B, Np, Np)
+    w = region.to(rows.dtype)
+    return (w[:, :, None] * rows).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp(min=1)
+
+
 def to_grid(values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(..., gh * gw) patch values in raster order -> (..., gh, gw)."""
     return values.reshape(*values.shape[:-1], *grid)

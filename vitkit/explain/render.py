@@ -96,30 +96,35 @@ def save_layer_grid(
 def save_object_maps(
     image: np.ndarray,
     maps: np.ndarray | torch.Tensor,
-    boxes: np.ndarray | torch.Tensor,
     captions: list[str],
     path: str | Path,
     title: str = "",
+    boxes: np.ndarray | torch.Tensor | None = None,
+    first: np.ndarray | None = None,
+    first_title: str = "detections",
 ) -> Path:
-    """The image with every box, then one overlay per object: its map (gh, gw) with its box (x0, y0, x1, y1 pixels)."""
+    """A first panel (`first`, default the image, with every box), then one overlay per object or class: its
+    map (gh, gw), with its box (x0, y0, x1, y1 pixels) when boxes are given."""
     plt = _plt()
     from matplotlib.patches import Rectangle
 
-    maps, boxes = np.asarray(maps, dtype=np.float32), np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    maps = np.asarray(maps, dtype=np.float32)
     cols = min(4, len(maps) + 1)
     rows = math.ceil((len(maps) + 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    axes.flat[0].imshow(image, interpolation="nearest")
-    axes.flat[0].set_title("detections", fontsize=8)
-    for i, (heatmap, box, caption) in enumerate(zip(maps, boxes, captions)):
+    axes.flat[0].imshow(image if first is None else first, interpolation="nearest")
+    axes.flat[0].set_title(first_title, fontsize=8)
+    for i, (heatmap, caption) in enumerate(zip(maps, captions)):
         ax = axes.flat[i + 1]
         _overlay(ax, image, heatmap)
         ax.set_title(caption, fontsize=8)
-        for target in (ax, axes.flat[0]):
-            target.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5))
-        axes.flat[0].text(box[0], box[1], str(i + 1), color="white", fontsize=7, va="bottom")
+        if boxes is not None:
+            box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[i]
+            for target in (ax, axes.flat[0]):
+                target.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5))
+            axes.flat[0].text(box[0], box[1], str(i + 1), color="white", fontsize=7, va="bottom")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -2,7 +2,8 @@
 
 EXPLAINERS maps a task class name to its explainer and the methods it offers (the first is the default).
 Classifiers: rollout / attention / grad over the encoder. Detectors (DETR-style): the decoder
-cross-attention of each detected object's query. Another task plugs in with an entry here.
+cross-attention of each detected object's query. Segmenters: the encoder's rollout read from the patches
+predicted as each class. Another task plugs in with an entry here.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..data.images import load_rgb
 from ..data.transforms import DEFAULT_TRANSFORMS, build_transforms
 from ..errors import ConfigError
 from ..nn import capture_attention
-from .methods import cross_attention_maps, explain_classifier
+from .methods import cross_attention_maps, explain_classifier, region_read_out, rollout, to_grid
 from .render import denormalise, save_layer_grid, save_maps, save_object_maps, save_overlay
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -162,14 +163,64 @@ def _save_detection(path, stem: Path, canvas, maps, boxes, scores, labels, queri
     # maps (L, n, gh, gw): the picture shows the last layer, the .npy files keep every layer
     captions = [f"#{i + 1} {lab} {s:.2f} (query {q})" for i, (lab, s, q) in enumerate(zip(labels, scores, queries))]
     title = f"{Path(path).name}: {len(queries)} detection(s), decoder cross-attention of each query (last layer)"
-    picture = save_object_maps(canvas, maps[-1], boxes.clamp(0, canvas.shape[0]), captions, stem.with_name(stem.name + ".png"), title)
+    picture = save_object_maps(canvas, maps[-1], captions, stem.with_name(stem.name + ".png"), title, boxes=boxes.clamp(0, canvas.shape[0]))
     npy, layers_npy = save_maps(stem, maps[-1], maps.transpose(0, 1))  # (n, gh, gw), (n, L, gh, gw)
     return {"path": path, "method": "cross", "detections": len(queries),
             "objects": "; ".join(f"{lab} {s:.3f}" for lab, s in zip(labels, scores)),
             "picture": picture.name, "map": npy.name, "layer_maps": layers_npy.name}
 
 
+# --------------------------------------------------------------------------- segmentation
+def segmenter_region_rollout(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward with the encoder's attention captured: (logits (B, K, H, W), the encoder's rollout
+    (B, N, N), each patch's predicted class (B, gh, gw) from the logits averaged over the patch)."""
+    encoder = model.encoder
+    with torch.no_grad(), capture_attention(encoder) as attns:
+        logits = model(x)
+    weights = [a.attn_weights for a in attns if not a.cross]
+    grid = tuple(encoder.patch_embed.grid_size)
+    labels = torch.nn.functional.adaptive_avg_pool2d(logits, grid).argmax(dim=1)  # (B, gh, gw)
+    return logits, rollout(weights), labels
+
+
+def explain_segmentation(task, ckpt: dict, inputs: Inputs, args, out: Path) -> list[dict]:
+    """Explain a SemanticSegmenter: for each predicted class (largest first, at most --max-objects, or the
+    --target class), the encoder's attention rollout read from the patches predicted as that class: where
+    the model looked to label that region."""
+    model = task.model
+    transform, mean, std = eval_pipeline(ckpt, tuple(model.img_size))
+    names = list(task.class_names)
+    target = parse_target(args.target, names)
+    prefix, grid = model.encoder.num_prefix_tokens, tuple(model.encoder.patch_embed.grid_size)
+    rows = []
+    for batch in _batches(inputs, args.batch_size, "explain (region rollout)"):
+        x = torch.stack([transform(image=load_rgb(p))["image"] for p, _ in batch]).to(next(model.parameters()).device)
+        logits, rolled, labels = segmenter_region_rollout(model, x)
+        for b, (path, name) in enumerate(batch):
+            counts = torch.bincount(labels[b].flatten(), minlength=len(names))
+            classes = [target] if target is not None else [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][: args.max_objects]
+            regions = torch.stack([labels[b].flatten() == c for c in classes])  # (n, N_patches)
+            maps = to_grid(region_read_out(rolled[b : b + 1].expand(len(classes), -1, -1), regions, prefix), grid)
+            mask = logits[b].argmax(dim=0).cpu().numpy()
+            rows.append(_save_segmentation(path, out / f"{name}_rollout", denormalise(x[b], mean, std), mask, maps.cpu(),
+                                           [names[c] for c in classes], counts[classes].tolist()))
+    return rows
+
+
+def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, maps, classes: list[str], patches: list[int]) -> dict:
+    from ..tasks.seg_metrics import colorize
+
+    shown = (0.5 * image + 0.5 * colorize(mask)).astype(np.uint8)
+    captions = [f"{c} ({n} patches)" for c, n in zip(classes, patches)]
+    title = f"{Path(path).name}: rollout read from the patches predicted as each class"
+    picture = save_object_maps(image, maps, captions, stem.with_name(stem.name + ".png"), title, first=shown, first_title="prediction")
+    npy = stem.with_name(stem.name + ".npy")
+    np.save(npy, np.asarray(maps, dtype=np.float32))  # (classes, gh, gw)
+    return {"path": path, "method": "rollout", "classes": "; ".join(classes), "picture": picture.name, "map": npy.name}
+
+
 EXPLAINERS: dict[str, TaskExplainer] = {
+    "SemanticSegmenter": TaskExplainer(explain_segmentation, ("rollout",)),
     "ImageClassifier": TaskExplainer(explain_classification, ("rollout", "attention", "grad")),
     "ObjectDetector": TaskExplainer(explain_detection, ("cross",)),
 }
