@@ -21,8 +21,8 @@ class DetrViT(nn.Module):
         num_classes: object classes (without "no object").
         img_size: input size; the patch size must divide it.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, class_token, drop_path_rate: the ViT encoder.
-        decoder_dim, decoder_depth, decoder_heads, num_queries, dn_groups, label_noise, box_noise: the head
-            (see `DetrHead`).
+        decoder_dim, decoder_depth, decoder_heads, num_queries, query_init, dn_groups, label_noise, box_noise:
+            the head (see `DetrHead`).
     """
 
     def __init__(
@@ -40,6 +40,7 @@ class DetrViT(nn.Module):
         decoder_depth: int = 6,
         decoder_heads: int = 8,
         num_queries: int = 100,
+        query_init: str = "encoder",
         dn_groups: int = 5,
         label_noise: float = 0.2,
         box_noise: float = 0.4,
@@ -53,7 +54,7 @@ class DetrViT(nn.Module):
         )
         self.head = DetrHead(
             num_classes, embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,
-            dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries,
+            dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries, query_init=query_init,
             dn_groups=dn_groups, label_noise=label_noise, box_noise=box_noise,
         )
 

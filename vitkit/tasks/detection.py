@@ -28,6 +28,7 @@ from .optim import warmup_cosine_scheduler
 log = logging.getLogger("vitkit")
 
 Target = dict[str, Any]
+_RUNTIME = ("top_k", "score_threshold", "display_threshold", "num_draw", "map_backend")  # not saved as hparams
 # torchmetrics' names of COCOeval's 12 summary numbers, in pycocotools' order
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -61,8 +62,8 @@ class SetCriterion(nn.Module):
         if num_boxes is None:
             num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
         final = self.layer_losses(outputs["pred_logits"], outputs["pred_boxes"], targets, num_boxes)
-        terms = [final] + [self.layer_losses(a["pred_logits"], a["pred_boxes"], targets, num_boxes)
-                           for a in outputs.get("aux_outputs", [])]
+        extra = outputs.get("aux_outputs", []) + ([outputs["enc_outputs"]] if "enc_outputs" in outputs else [])
+        terms = [final] + [self.layer_losses(a["pred_logits"], a["pred_boxes"], targets, num_boxes) for a in extra]
         if outputs.get("dn") is not None:
             terms += self.denoising_losses(outputs["dn"], num_boxes)
         total = sum(self.weights[k] * term[k] for term in terms for k in self.weights)
@@ -231,7 +232,11 @@ class ObjectDetector(pl.LightningModule):
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # evaluation/display settings stay out of the checkpoint's hyper-parameters, so that `test`/`predict`
+        # with --ckpt_path take them from the command line rather than from the training run
+        self.save_hyperparameters(ignore=list(_RUNTIME))
+        self.top_k, self.score_threshold, self.display_threshold, self.num_draw = top_k, score_threshold, display_threshold, num_draw
+        self.map_backend = map_backend
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names; expected num_classes={num_classes}")
         if map_backend not in ("faster_coco_eval", "pycocotools"):
@@ -293,8 +298,7 @@ class ObjectDetector(pl.LightningModule):
             self._keep_for_drawing(targets, preds, with_gt=True)
 
     def predict_boxes(self, outputs: dict, targets: list[Target], canvas: int) -> list[dict[str, torch.Tensor]]:
-        hp = self.hparams
-        return postprocess(outputs["pred_logits"], outputs["pred_boxes"], targets, canvas, hp.top_k, hp.score_threshold)
+        return postprocess(outputs["pred_logits"], outputs["pred_boxes"], targets, canvas, self.top_k, self.score_threshold)
 
     def on_validation_epoch_start(self) -> None:
         self._results = []
@@ -343,7 +347,7 @@ class ObjectDetector(pl.LightningModule):
     @rank_zero_only
     def _print_table(self, stats: dict[str, float]) -> None:
         table = coco_table(stats)
-        print(f"COCO bbox evaluation ({self.hparams.map_backend}):\n{table}")
+        print(f"COCO bbox evaluation ({self.map_backend}):\n{table}")
         (self._run_dir() / "coco_eval.txt").write_text(table + "\n")
 
     # -- prediction --
@@ -351,7 +355,7 @@ class ObjectDetector(pl.LightningModule):
         images, targets = batch
         preds = self.predict_boxes(self(images), targets, images.shape[-1])
         self._keep_for_drawing(targets, preds, with_gt=False)
-        thr = self.hparams.display_threshold
+        thr = self.display_threshold
         rows = []
         for t, p in zip(targets, preds):
             keep = p["scores"] >= thr
@@ -376,9 +380,9 @@ class ObjectDetector(pl.LightningModule):
     # -- drawings --
     def _keep_for_drawing(self, targets: list[Target], preds: list[dict], with_gt: bool) -> None:
         for t, p in zip(targets, preds):
-            if len(self._drawn) >= self.hparams.num_draw:
+            if len(self._drawn) >= self.num_draw:
                 return
-            keep = p["scores"] >= self.hparams.display_threshold
+            keep = p["scores"] >= self.display_threshold
             gt = t["eval_boxes"] if with_gt else None
             self._drawn.append((t["path"], p["boxes"][keep].cpu(), p["scores"][keep].cpu(), p["labels"][keep].cpu(), gt))
 

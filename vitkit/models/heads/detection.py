@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -29,6 +30,14 @@ class PredictionMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x) if i == len(self.layers) - 1 else torch.relu(layer(x))
         return x
+
+
+def _cell_boxes(grid: tuple[int, int]) -> torch.Tensor:
+    """(h*w, 4) cxcywh boxes centred on each patch cell (row-major), two cells wide and high."""
+    h, w = grid
+    y, x = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    size = torch.tensor([2.0 / w, 2.0 / h]).expand(h * w, 2)
+    return torch.cat([x.reshape(-1, 1), y.reshape(-1, 1), size], dim=1)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -73,9 +82,13 @@ class DetrHead(nn.Module):
     """Object queries through `depth` DecoderBlocks cross-attending the encoder tokens; class and box MLPs
     after every layer (auxiliary outputs).
 
-    Each query is a learned content vector plus a learned anchor box. Before every layer the current box
-    (the anchor, then each layer's prediction, detached) is embedded (sin-cos + MLP) and added to the query;
-    the layer's box MLP predicts an offset to that box in logit space.
+    Each query is a learned content vector plus an anchor box. Before every layer the current box (the
+    anchor, then each layer's prediction, detached) is embedded (sin-cos + MLP) and added to the query; the
+    layer's box MLP predicts an offset to that box in logit space. Anchors are either learned per query
+    (`query_init="learned"`, DAB-DETR) or chosen per image (`"encoder"`, the two-stage query selection of
+    Deformable DETR / DINO): every patch token predicts a class and a box around its own position
+    ("enc_outputs", trained with the same set loss), and the `num_queries` most confident boxes become the
+    anchors. The second starts every query near an object and converges far faster on small data.
 
     Args:
         num_classes: object classes; logits have one more, the last being "no object".
@@ -86,7 +99,9 @@ class DetrHead(nn.Module):
         depth: decoder layers.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / dim.
-        num_queries: learned object queries (detections per image before top-k).
+        num_queries: object queries (detections per image before top-k).
+        query_init: where the query anchors come from: "encoder" (top-scoring patch-token proposals) or
+            "learned" (one learned anchor per query).
         dn_groups: denoising groups in training (0: off).
         label_noise: probability that a denoising query's label is replaced by a random class.
         box_noise: denoising box noise, as a fraction of the box size (centre shift and size change).
@@ -104,6 +119,7 @@ class DetrHead(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         num_queries: int = 100,
+        query_init: Literal["encoder", "learned"] = "encoder",
         dn_groups: int = 5,
         label_noise: float = 0.2,
         box_noise: float = 0.4,
@@ -112,13 +128,25 @@ class DetrHead(nn.Module):
         super().__init__()
         if dim % 4:
             raise ValueError(f"DetrHead: dim={dim}; expected a multiple of 4 (sin-cos positions)")
-        self.num_classes, self.dim, self.num_queries = num_classes, dim, num_queries
+        if query_init not in ("encoder", "learned"):
+            raise ValueError(f"DetrHead: query_init={query_init!r}; expected 'encoder' or 'learned'")
+        if query_init == "encoder" and num_queries > grid_size[0] * grid_size[1]:
+            raise ValueError(f"DetrHead: num_queries={num_queries} proposals from {grid_size[0] * grid_size[1]} patch "
+                             f"tokens; expected at most that many (or query_init='learned')")
+        self.num_classes, self.dim, self.num_queries, self.query_init = num_classes, dim, num_queries, query_init
+        self.num_prefix_tokens = num_prefix_tokens
         self.dn_groups, self.label_noise, self.box_noise = dn_groups, label_noise, box_noise
         self.memory_proj = nn.Linear(memory_dim, dim)
         pos = torch.cat([torch.zeros(num_prefix_tokens, dim), sincos_2d_pos_embed(dim, tuple(grid_size))])
         self.register_buffer("memory_pos", pos[None], persistent=False)  # (1, prefix + h*w, dim)
         self.query_content = nn.Embedding(num_queries, dim)
-        self.query_anchors = nn.Embedding(num_queries, 4)  # box logits (inverse sigmoid of cxcywh)
+        if query_init == "learned":
+            self.query_anchors = nn.Embedding(num_queries, 4)  # box logits (inverse sigmoid of cxcywh)
+        else:  # proposals: each patch token predicts a box around its cell, 2 cells wide (logit space)
+            self.register_buffer("token_anchors", inverse_sigmoid(_cell_boxes(tuple(grid_size))), persistent=False)
+            self.enc_norm = nn.LayerNorm(dim, eps=1e-6)
+            self.enc_class = nn.Linear(dim, num_classes + 1)
+            self.enc_bbox = PredictionMLP(dim, dim, 4, 3)
         self.label_embed = nn.Embedding(num_classes + 1, dim)  # denoising queries; the last row pads
         self.pos_mlp = PredictionMLP(2 * dim, dim, dim, 2)
         self.blocks = nn.ModuleList(
@@ -136,33 +164,52 @@ class DetrHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.query_content.weight, std=0.02)
         nn.init.normal_(self.label_embed.weight, std=0.02)
-        anchors = torch.rand(self.num_queries, 4)  # centres spread over the image, sizes 0.05-0.35
-        anchors[:, 2:] = anchors[:, 2:] * 0.3 + 0.05
-        self.query_anchors.weight.data.copy_(inverse_sigmoid(anchors))
-        last = self.bbox_embed.layers[-1]  # the first prediction is the anchor itself
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if self.query_init == "learned":
+            anchors = torch.rand(self.num_queries, 4)  # centres spread over the image, sizes 0.05-0.35
+            anchors[:, 2:] = anchors[:, 2:] * 0.3 + 0.05
+            self.query_anchors.weight.data.copy_(inverse_sigmoid(anchors))
+        for mlp in (self.bbox_embed, getattr(self, "enc_bbox", None)):  # first predictions: the anchors themselves
+            if mlp is not None:
+                nn.init.zeros_(mlp.layers[-1].weight)
+                nn.init.zeros_(mlp.layers[-1].bias)
 
     def forward(self, tokens: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Output:
         """tokens (B, prefix + h*w, memory_dim) -> dict of "pred_logits" (B, Q, K+1), "pred_boxes" (B, Q, 4)
-        normalised cxcywh, "aux_outputs" (one such dict per earlier layer) and, when training with targets
-        and `dn_groups > 0`, "dn" (the denoising predictions, see `DenoisingQueries`)."""
+        normalised cxcywh, "aux_outputs" (one such dict per earlier layer), "enc_outputs" (the patch tokens'
+        proposals, with query_init="encoder") and, when training with targets and `dn_groups > 0`, "dn" (the
+        denoising predictions, see `DenoisingQueries`)."""
         B = tokens.shape[0]
-        memory = self.memory_proj(tokens) + self.memory_pos  # (B, N, dim)
+        memory = self.memory_proj(tokens)  # (B, N, dim)
         content = self.query_content.weight.expand(B, -1, -1)  # (B, Q, dim)
-        anchors = self.query_anchors.weight.expand(B, -1, -1)  # (B, Q, 4)
+        out: Output = {}
+        if self.query_init == "learned":
+            anchors = self.query_anchors.weight.expand(B, -1, -1)  # (B, Q, 4)
+        else:
+            anchors, out["enc_outputs"] = self.select_queries(memory[:, self.num_prefix_tokens :])
+        memory = memory + self.memory_pos
         dn = self.denoising_queries(targets) if self.training and targets is not None and self.dn_groups > 0 else None
         mask = None
         if dn is not None:
             content, anchors, mask = torch.cat([dn.content, content], 1), torch.cat([dn.anchors, anchors], 1), dn.attn_mask
         logits, boxes = self._decode(content, anchors, memory, mask)  # (L, B, T, K+1), (L, B, T, 4)
         n_dn = dn.length if dn is not None else 0
-        out: Output = {"pred_logits": logits[-1, :, n_dn:], "pred_boxes": boxes[-1, :, n_dn:]}
+        out.update({"pred_logits": logits[-1, :, n_dn:], "pred_boxes": boxes[-1, :, n_dn:]})
         out["aux_outputs"] = [{"pred_logits": lg[:, n_dn:], "pred_boxes": bx[:, n_dn:]} for lg, bx in zip(logits[:-1], boxes[:-1])]
         if dn is not None:
             out["dn"] = {"pred_logits": logits[:, :, :n_dn], "pred_boxes": boxes[:, :, :n_dn], "labels": dn.labels,
                          "boxes": dn.boxes, "valid": dn.valid, "groups": dn.groups}
         return out
+
+    def select_queries(self, patches: torch.Tensor) -> tuple[torch.Tensor, Output]:
+        """Patch tokens (B, N, dim) -> anchors (B, Q, 4) in logit space: the boxes of the Q tokens whose best
+        object class is most probable (detached: the decoder refines them), and every token's proposal."""
+        h = self.enc_norm(patches)
+        logits = self.enc_class(h)  # (B, N, K+1)
+        boxes = (self.token_anchors + self.enc_bbox(h)).sigmoid()  # (B, N, 4)
+        score = logits.softmax(-1)[..., :-1].amax(-1)  # (B, N)
+        top = score.topk(self.num_queries, dim=1).indices  # (B, Q)
+        chosen = boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        return inverse_sigmoid(chosen.detach()), {"pred_logits": logits, "pred_boxes": boxes}
 
     def _decode(self, x: torch.Tensor, anchors: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None):
         ref = anchors.sigmoid()  # (B, T, 4) current box of each query
@@ -183,7 +230,7 @@ class DetrHead(nn.Module):
         """Noised ground truth as extra queries: labels flipped with probability `label_noise`, centres
         shifted and sizes changed by up to `box_noise` of the box size. None when no image has targets."""
         sizes = [len(t["labels"]) for t in targets]
-        pad, groups, device = max(sizes, default=0), self.dn_groups, self.query_anchors.weight.device
+        pad, groups, device = max(sizes, default=0), self.dn_groups, self.query_content.weight.device
         if pad == 0:
             return None
         B = len(targets)
