@@ -11,8 +11,9 @@ import logging
 import os
 import pickle
 import random
+import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -429,7 +430,8 @@ def load_checkpoint(path: str | os.PathLike, task: str | type | None = None, wei
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)}); the file may be corrupt") from err
-        found = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), _first_line(err))
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        found = f"it holds the Python global {names[0]}" if names else _first_line(err)
         raise CheckpointError(
             f"{path}: refused by weights-only loading ({found}); vitkit loads checkpoints weights-only so that opening "
             "a file cannot run code. Expected tensors and plain values (a checkpoint written by vitkit); re-save it "
