@@ -218,3 +218,36 @@ def test_explain_a_segmenter_reads_rollout_from_each_predicted_class_region(imag
     np.testing.assert_allclose(maps[0], rows.mean(0).reshape(4, 4).numpy(), atol=1e-6)
     torch.testing.assert_close(region_read_out(rollout(attns), torch.ones(1, 16, dtype=torch.bool), 1),
                                rollout(attns)[:, 1:, 1:].mean(1))  # the whole image: the mean-pool read-out
+
+
+# --------------------------------------------------------------------------- captioning
+def test_explain_a_captioner_maps_each_generated_word(images, tmp_path):
+    import pytorch_lightning as pl
+
+    from vitkit.data.text import TextTokenizer
+    from vitkit.explain.tasks import caption_cross_attention, eval_pipeline
+    from vitkit.tasks.text import ImageCaptioner
+
+    torch.manual_seed(0)
+    tok = TextTokenizer.train(["a red circle", "a blue square and a green star", "two shapes: a red star"] * 5, vocab_size=60)
+    task = ImageCaptioner(encoder="vit_nano_patch4_32", encoder_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
+                          img_size=16, vocab_size=tok.vocab_size, max_len=8, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                          eos_id=tok.eos_id, decoder_kwargs={"dim": 32, "depth": 2, "num_heads": 2, "dropout": 0.0}).eval()
+    ckpt = tmp_path / "cap.ckpt"
+    torch.save({"state_dict": task.state_dict(), "pytorch-lightning_version": pl.__version__, "tokenizer": tok.state(),
+                "hyper_parameters": {**task.hparams, "_class_path": "vitkit.tasks.text.ImageCaptioner"}}, ckpt)
+    explain("--ckpt", str(ckpt), str(images / "d1.png"), "--out", str(tmp_path / "out"))
+    with open(tmp_path / "out" / "explanations_cross.csv") as f:
+        row = next(csv.DictReader(f))
+    words = row["words"].split(" | ") if row["words"] else []
+    maps, layers = np.load(tmp_path / "out" / "d1_cross.npy"), np.load(tmp_path / "out" / "d1_cross_layers.npy")
+    assert len(words) >= 1 and maps.shape == (len(words), 4, 4) and layers.shape == (len(words), 2, 4, 4)
+    # the teacher-forced pass that gives the maps reproduces the generated caption token for token
+    task, _ = load_task(str(ckpt))
+    x = eval_pipeline({}, (16, 16))[0](image=load_rgb(images / "d1.png"))["image"][None]
+    ids, logits, every = caption_cross_attention(task.model, x, 7)
+    logits[..., [tok.pad_id, tok.bos_id]] = float("-inf")  # never generated
+    n = len(words)
+    assert logits[0, :n].argmax(-1).tolist() == ids[0, :n].tolist()
+    assert task.tokenizer.decode(ids[0].tolist()) == row["caption"]
+    np.testing.assert_allclose(maps, every[0, -1, :n].numpy(), atol=1e-6)

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=(*METHODS, "cross"), default=None,
                    help="classifiers: rollout (attention rollout, Abnar & Zuidema 2020; the default), attention (raw "
                    "attention of the pooled token per layer and head) or grad (gradient-weighted relevance for the "
-                   "target class, Chefer et al. 2021); detectors: cross (decoder cross-attention of each detected "
-                   "object's query; the default); segmenters: rollout (read from each predicted class's patches)")
+                   "target class, Chefer et al. 2021); detectors and captioners: cross (decoder cross-attention of "
+                   "each detected object's query / each generated word; the default); segmenters: rollout (read from each predicted class's patches)")
     p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's predicted class; segmenters: the largest predicted classes)")
     p.add_argument("--min-score", type=float, default=None,
                    help="detectors: explain detections scoring at least this (default: the task's display_threshold)")

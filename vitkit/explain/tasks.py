@@ -2,8 +2,9 @@
 
 EXPLAINERS maps a task class name to its explainer and the methods it offers (the first is the default).
 Classifiers: rollout / attention / grad over the encoder. Detectors (DETR-style): the decoder
-cross-attention of each detected object's query. Segmenters: the encoder's rollout read from the patches
-predicted as each class. Another task plugs in with an entry here.
+cross-attention of each detected object's query. Captioners: the decoder cross-attention of each generated
+word. Segmenters: the encoder's rollout read from the patches predicted as each class. Another task plugs
+in with an entry here.
 """
 from __future__ import annotations
 
@@ -219,7 +220,62 @@ def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, ma
     return {"path": path, "method": "rollout", "classes": "; ".join(classes), "picture": picture.name, "map": npy.name}
 
 
+# --------------------------------------------------------------------------- captioning
+def caption_cross_attention(model, x: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy captions and, for each generated token, where the decoder looked when it chose it.
+
+    The caption is generated as the task does (KV cache); then one teacher-forced pass of the causal decoder
+    over BOS + the caption gives, at row t, exactly the step that produced token t (a causal decoder's
+    full pass equals its cached decoding), with its cross-attention captured.
+
+    Returns:
+        ids (B, L) EOS-terminated and padded, the teacher-forced logits (B, L, V), and the maps
+        (B, layers, L, gh, gw), heads averaged.
+    """
+    encoder = model.encoder
+    ids = model.generate(x, max_new_tokens, beam_size=1)  # (B, L), without BOS
+    bos = torch.full_like(ids[:, :1], model.special.bos)
+    with torch.no_grad(), capture_attention(model.decoder) as attns:
+        logits = model.decoder(torch.cat([bos, ids[:, :-1]], dim=1), model.encode(x))
+    weights = [a.attn_weights for a in attns if a.cross]  # (B, heads, L, M) per layer
+    grid, prefix = tuple(encoder.patch_embed.grid_size), encoder.num_prefix_tokens
+    maps = torch.stack([cross_attention_maps(weights, grid, prefix, layer=i) for i in range(len(weights))], dim=1)
+    return ids, logits, maps
+
+
+def explain_captioning(task, ckpt: dict, inputs: Inputs, args, out: Path) -> list[dict]:
+    """Explain an ImageCaptioner: the greedy caption and the last decoder layer's cross-attention for every
+    generated word (token), heads averaged; all layers in the .npy files."""
+    if task.tokenizer is None:
+        raise ConfigError(f"{args.ckpt}: the checkpoint holds no tokenizer; expected one saved by `train.py fit`")
+    model = task.model
+    transform, mean, std = eval_pipeline(ckpt, tuple(model.encoder.img_size))
+    max_new = task.decoding.get("max_new_tokens") or model.max_len - 1
+    rows = []
+    for batch in _batches(inputs, args.batch_size, "explain (cross-attention per word)"):
+        x = torch.stack([transform(image=load_rgb(p))["image"] for p, _ in batch]).to(next(model.parameters()).device)
+        ids, _, maps = caption_cross_attention(model, x, max_new)
+        for b, (path, name) in enumerate(batch):
+            tokens = ids[b].tolist()
+            n = tokens.index(model.special.eos) if model.special.eos in tokens else len(tokens)
+            words = [task.tokenizer.decode([t]).strip() or repr(task.tokenizer.decode([t])) for t in tokens[:n]]
+            rows.append(_save_caption(path, out / f"{name}_cross", denormalise(x[b], mean, std), maps[b, :, :n].cpu(),
+                                      words, task.tokenizer.decode(tokens)))
+    return rows
+
+
+def _save_caption(path, stem: Path, image: np.ndarray, maps, words: list[str], caption: str) -> dict:
+    # maps (L, n, gh, gw): the picture shows the last layer, the .npy files keep every layer
+    captions = [f"{i + 1}: {w}" for i, w in enumerate(words)]
+    title = f"{Path(path).name}: \"{caption}\" — decoder cross-attention per word (last layer)"
+    picture = save_object_maps(image, maps[-1], captions, stem.with_name(stem.name + ".png"), title, first_title="image")
+    npy, layers_npy = save_maps(stem, maps[-1], maps.transpose(0, 1))  # (n, gh, gw), (n, L, gh, gw)
+    return {"path": path, "method": "cross", "caption": caption, "words": " | ".join(words),
+            "picture": picture.name, "map": npy.name, "layer_maps": layers_npy.name}
+
+
 EXPLAINERS: dict[str, TaskExplainer] = {
+    "ImageCaptioner": TaskExplainer(explain_captioning, ("cross",)),
     "SemanticSegmenter": TaskExplainer(explain_segmentation, ("rollout",)),
     "ImageClassifier": TaskExplainer(explain_classification, ("rollout", "attention", "grad")),
     "ObjectDetector": TaskExplainer(explain_detection, ("cross",)),
