@@ -65,7 +65,7 @@ def test_registered_detector_tiny_variant(name):
     losses = criterion(out, targets)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not no_grad, f"{name}: no gradient reaches {no_grad}"
 
 
@@ -352,3 +352,48 @@ def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
     assert big and all(d["label"] in ("circle", "square", "triangle", "star") for d in big)
     assert all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 40.01 and d["bbox"][1] + d["bbox"][3] <= 50.01 for d in big)
     assert len(list((out / "detections").glob("*.png"))) == 2
+
+
+def tiny_coco(root: Path) -> Path:
+    """A COCO-format val2017 split: 3 images (one without objects), 2 of COCO's non-contiguous categories."""
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, anns = [], []
+    for i, (w, h) in enumerate([(64, 48), (40, 64), (64, 64)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"val2017/{i:012d}.jpg")
+        images.append({"id": 100 + i, "file_name": f"{i:012d}.jpg", "width": w, "height": h})
+    anns = [{"id": 1, "image_id": 100, "category_id": 18, "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0},
+            {"id": 2, "image_id": 101, "category_id": 90, "bbox": [10, 30, 12, 20], "area": 240, "iscrowd": 0}]
+    cats = [{"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]
+    (root / "annotations/instances_val2017.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def test_coco_yolos_config_evaluates_a_transformers_checkpoint(tmp_path, capsys):
+    """`train.py test --config coco_yolos_s.yaml --model.init_args.pretrained <transformers folder>`, shrunk."""
+    from transformers import YolosConfig, YolosForObjectDetection
+
+    coco = tiny_coco(tmp_path / "coco")
+    cfg = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[64, 96],
+                      patch_size=16, num_detection_tokens=6, num_labels=2, use_mid_position_embeddings=True)
+    YolosForObjectDetection(cfg).save_pretrained(tmp_path / "yolos")
+    main(["test", "--config", str(ROOT / "configs/detection/coco_yolos_s.yaml"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+          "--data.init_args.root", str(coco), "--data.init_args.img_size", "64", "--data.init_args.num_workers", "0",
+          "--model.init_args.model_kwargs", '{"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "num_det_tokens": 6, "norm_eps": 1e-12}',
+          "--model.init_args.pretrained", str(tmp_path / "yolos"), "--trainer.precision", "32", "--trainer.enable_progress_bar", "false"])
+    out = tmp_path / "runs/coco_yolos_s/version_0"
+    results = json.loads((out / "coco_results.json").read_text())
+    assert {r["image_id"] for r in results} == {100, 101, 102} and {r["category_id"] for r in results} <= {18, 90}
+    assert "maxDets=100 ]" in capsys.readouterr().out
+
+
+def test_coco_detr_config_fits_on_coco_format_data(tmp_path):
+    coco = tiny_coco(tmp_path / "coco")
+    main(["fit", "--config", str(ROOT / "configs/detection/coco_detr_vit_s.yaml"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+          "--data.init_args.root", str(coco), "--data.init_args.splits", '{"train": "val2017"}', "--data.init_args.img_size", "64",
+          "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--model.init_args.model_kwargs",
+          json.dumps({**TINY_DETR, "num_queries": 4}), "--trainer.precision", "32", "--trainer.max_epochs", "1",
+          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"])
+    with open(tmp_path / "runs/coco_detr_vit_s/version_0/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/map") for r in rows)

@@ -4,6 +4,7 @@ are the memory of `DetrHead`'s object queries."""
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ class DetrViT(nn.Module):
         num_classes: object classes (without "no object").
         img_size: input size; the patch size must divide it.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, class_token, drop_path_rate: the ViT encoder.
+        pos_embed: the encoder's position embedding, "learn" or fixed 2-D "sincos" (helps from scratch).
         decoder_dim, decoder_depth, decoder_heads, num_queries, query_init, dn_groups, label_noise, box_noise:
             the head (see `DetrHead`).
     """
@@ -35,12 +37,13 @@ class DetrViT(nn.Module):
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
         class_token: bool = True,
+        pos_embed: Literal["learn", "sincos"] = "learn",
         drop_path_rate: float = 0.0,
         decoder_dim: int = 256,
         decoder_depth: int = 6,
         decoder_heads: int = 8,
         num_queries: int = 100,
-        query_init: str = "encoder",
+        query_init: Literal["encoder", "learned"] = "encoder",
         dn_groups: int = 5,
         label_noise: float = 0.2,
         box_noise: float = 0.4,
@@ -50,7 +53,7 @@ class DetrViT(nn.Module):
         self.encoder = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=class_token,
-            global_pool="token" if class_token else "avg", drop_path_rate=drop_path_rate,
+            global_pool="token" if class_token else "avg", pos_embed=pos_embed, drop_path_rate=drop_path_rate,
         )
         self.head = DetrHead(
             num_classes, embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,

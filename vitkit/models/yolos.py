@@ -163,7 +163,8 @@ def convert_hf_yolos(
     grid = hf_grid or _guess_grid(pe.shape[1] - 1 - n_det)
     out["encoder.pos_embed"] = _resample(pe[:, : pe.shape[1] - n_det], grid, model)
     out["det_pos_embed"] = pe[:, pe.shape[1] - n_det :]
-    mid = out.pop("vit.encoder.interpolation.mid_position_embeddings", None)  # (depth - 1, 1, 1 + P + det, D)
+    # (depth - 1, 1, 1 + P + det, D): the files' name, and the name of transformers 5's loaded module
+    mid = out.pop("vit.encoder.mid_position_embeddings", out.pop("vit.encoder.interpolation.mid_position_embeddings", None))
     if mid is not None:
         layers = [torch.cat([_resample(m[:, : m.shape[1] - n_det], grid, model), m[:, m.shape[1] - n_det :]], 1) for m in mid]
         out["mid_pos_embed"] = torch.stack(layers)
