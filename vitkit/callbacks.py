@@ -111,6 +111,7 @@ class TrainingCurves(Callback):
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
@@ -121,7 +122,7 @@ class TrainingCurves(Callback):
         metrics = Path(logger.log_dir) / "metrics.csv"
         if not metrics.is_file():
             return
-        self.path = plot_training_curves(metrics, Path(trainer.log_dir or logger.log_dir) / self.filename)
+        self.path = plot_training_curves(metrics, Path(log_dir or logger.log_dir) / self.filename)
         if self.path is not None:
             log.info("training curves written to %s", self.path)
 
@@ -187,12 +188,13 @@ class PredictionGallery(Callback):
             heapq.heapreplace(heap, (key, n, image.detach().cpu().clone(), caption))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or not self._best:
             return
         best = [(s, img, cap) for s, _, img, cap in sorted(self._best, key=lambda t: (-t[0], t[1]))]
         worst = [(-s, img, cap) for s, _, img, cap in sorted(self._worst, key=lambda t: (-t[0], t[1]))]
         mean, std = _normalisation(trainer)
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        out = Path(log_dir or trainer.default_root_dir) / self.filename
         self.path = save_gallery(best, worst, out, mean, std, f"{type(pl_module).__name__}: test predictions")
         log.info("test gallery written to %s", self.path)
 

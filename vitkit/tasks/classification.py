@@ -190,11 +190,10 @@ class ImageClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
-        self._write_test_report(matrix)
+        self._write_test_report(matrix, Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: on every rank
 
     @rank_zero_only
-    def _write_test_report(self, matrix: torch.Tensor) -> None:
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+    def _write_test_report(self, matrix: torch.Tensor, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         per_class_table(matrix, self.class_names, out / "per_class_accuracy.csv")
         save_confusion_matrix(matrix, self.class_names, out / "confusion_matrix.png")
