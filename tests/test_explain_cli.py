@@ -108,7 +108,7 @@ def test_bad_inputs_are_one_clear_message(run_dir, images, tmp_path, capsys):
     assert "nowhere.ckpt (--ckpt): file not found" in _error(capsys, "--ckpt", str(tmp_path / "nowhere.ckpt"), str(images))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    assert "junk.ckpt (--ckpt): cannot read it" in _error(capsys, "--ckpt", str(junk), str(images))
+    assert "junk.ckpt (--ckpt): cannot read it weights-only" in _error(capsys, "--ckpt", str(junk), str(images))
     weights = tmp_path / "weights.pth"
     torch.save({"head.weight": torch.zeros(2, 2)}, weights)
     assert "expected a Lightning checkpoint" in _error(capsys, "--ckpt", str(weights), str(images))

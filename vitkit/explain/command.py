@@ -85,10 +85,14 @@ def load_task(path: str, device: str = "cpu") -> tuple[pl.LightningModule, dict]
     raw checkpoint dict."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} (--ckpt): file not found; expected a Lightning checkpoint written by `train.py fit`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights-only, as the CLI reads checkpoints: opening a file cannot run code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read"
-        raise CheckpointError(f"{path} (--ckpt): cannot read it ({type(err).__name__}: {err}); expected a Lightning .ckpt") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path} (--ckpt): cannot read it weights-only ({type(err).__name__}: {first}); expected a Lightning .ckpt "
+            "written by vitkit"
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
@@ -99,7 +103,7 @@ def load_task(path: str, device: str = "cpu") -> tuple[pl.LightningModule, dict]
     cls = _task_class(hparams.get("_class_path", "vitkit.tasks.ImageClassifier"), path)
     # never re-read a `pretrained` source file or re-compile: the checkpoint holds the trained weights
     overrides = {k: v for k, v in (("pretrained", None), ("compile", False)) if k in hparams}
-    task = cls.load_from_checkpoint(path, map_location=device, **overrides)
+    task = cls.load_from_checkpoint(path, map_location=device, weights_only=True, **overrides)
     return task.eval(), ckpt
 
 
