@@ -428,6 +428,12 @@ def _load_torchvision(dataset: str, root: str, train: bool) -> tuple[np.ndarray,
         data = cls(root, train=train, download=False)
     except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. You can use download=True ..."
         raise DatasetNotFoundError(f"{source.missing_message(root)} [torchvision: {err}]") from err
+    except Exception as err:  # noqa: BLE001 - a damaged file: MNIST's idx parser raises ValueError, AssertionError ...
+        folder = os.path.join(root, source.folder)
+        raise DataError(
+            f"{source.title}: the files under {folder} cannot be read ({type(err).__name__}: {err}); expected the "
+            "official files, complete: delete them and set data.download: true, or copy them again"
+        ) from err
     return np.asarray(data.data), np.asarray(data.targets, dtype=np.int64)
 
 
