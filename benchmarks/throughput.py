@@ -370,6 +370,96 @@ def batch_size(name: str, args, device: torch.device) -> int:
     return cuda if device.type == "cuda" else cpu
 
 
+# -- task models: vitkit only (timm has no segmentation/detection heads or seq2seq) --------------------------
+# name -> (builder, input maker, loss); sizes per device in TASK_DEFAULTS. Train = forward, the loss below,
+# backward, vitkit's fused AdamW; infer = forward under inference_mode. The detection loss is a stand-in
+# (mean of the outputs; the Hungarian matching of the real task runs on the host and is not timed here).
+def _segmenter(name: str, img: int):
+    from vitkit.models.segmenter import create_segmenter
+
+    return create_segmenter(name, num_classes=21, img_size=img)
+
+
+def _detr(name: str, img: int):
+    return vitkit.create_model(name, num_classes=4, img_size=img)
+
+
+def _seq2seq(name: str, _: int):
+    return vitkit.create_model(name, vocab_size=8000)
+
+
+TASK_MODELS = {
+    "segmenter_vit_small_patch16_512": ("segmentation", _segmenter, (512, 128)),
+    "segmenter_vit_tiny_patch8_64": ("segmentation", _segmenter, (64, 64)),
+    "detr_vit_small_patch16": ("detection", _detr, (512, 128)),
+    "detr_vit_nano_patch8_64": ("detection", _detr, (64, 64)),
+    "transformer_base": ("seq2seq", _seq2seq, (64, 128)),  # (tokens per side, batch at 64 tokens)
+    "transformer_tiny": ("seq2seq", _seq2seq, (32, 64)),
+}
+TASK_DEFAULTS = {"cpu": ["segmenter_vit_tiny_patch8_64", "detr_vit_nano_patch8_64", "transformer_tiny"],
+                 "cuda": ["segmenter_vit_small_patch16_512", "detr_vit_small_patch16", "transformer_base"]}
+
+
+def _task_inputs(kind: str, size: int, batch: int, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    if kind == "seq2seq":
+        src = torch.randint(3, 8000, (batch, size), generator=gen)
+        tgt = torch.randint(3, 8000, (batch, size + 1), generator=gen)
+        return (src.to(device), tgt[:, :-1].to(device)), tgt[:, 1:].to(device)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, 21, (batch, size, size), generator=gen).to(device) if kind == "segmentation" else None
+    return (x,), y
+
+
+def _task_loss(kind: str, out, y) -> torch.Tensor:
+    if kind == "segmentation":
+        return F.cross_entropy(out, y)
+    if kind == "seq2seq":
+        return F.cross_entropy(out.flatten(0, 1), y.flatten())
+    return out["pred_logits"].float().mean() + out["pred_boxes"].float().mean()
+
+
+def bench_task_model(name: str, args, device: torch.device) -> list[dict]:
+    kind, build, (size, gpu_batch) = TASK_MODELS[name]
+    batch = args.batch_size or (gpu_batch if device.type == "cuda" else 8)
+    model = build(name, size).to(device)
+    inputs, y = _task_inputs(kind, size, batch, device)
+    rows = []
+    for compiled in compile_settings(args.compile):
+        run = torch.compile(model) if compiled else model
+        for precision in args.precision:
+            amp = functools.partial(autocast, device, precision, args.sdpa)
+            opt = build_adamw(model, lr=1e-4, weight_decay=0.05)
+
+            def train() -> None:
+                opt.zero_grad(set_to_none=True)
+                with amp():
+                    loss = _task_loss(kind, run(*inputs), y)
+                loss.backward()
+                opt.step()
+
+            def infer() -> None:
+                with torch.inference_mode(), amp():
+                    run(*inputs)
+
+            for mode, step in (("train", train), ("infer", infer)):
+                if mode not in args.modes:
+                    continue
+                model.train(mode == "train")
+                for _ in range(args.warmup):
+                    step()
+                seconds, peak = time_steps(step, args.steps * args.rounds, device)
+                unit = "tokens/s" if kind == "seq2seq" else "img/s"
+                rate = batch * (2 * size if kind == "seq2seq" else 1) * len(seconds) / sum(seconds)
+                row = {"model": name, "task": kind, "size": size, "batch": batch, "mode": mode, "precision": precision,
+                       "compiled": compiled, "rate": rate, "unit": unit, "peak_mib": peak,
+                       "step_seconds": seconds}
+                print(f"| {name} | {kind} | {size} | {batch} | {mode} | {precision}{' +compile' if compiled else ''} | "
+                      f"{rate:,.1f} {unit} | {'' if peak is None else f'{peak:.0f}'} |", file=sys.stderr)
+                rows.append(row)
+    return rows
+
+
 # -- reporting ----------------------------------------------------------------------------------------------
 def table_header(cuda: bool) -> str:
     cols = ["model", "img", "batch", "mode", "precision", "timm img/s", "vitkit img/s", "vitkit÷timm (min–max)",
@@ -448,6 +538,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(vitkit.nn.set_sdpa_backends); timm keeps torch's default")
     p.add_argument("--vitkit-kwargs", nargs="+", metavar="KEY=VALUE", default=[],
                    help="vitkit model options that change the work, e.g. patch_drop_rate=0.5 (rows labelled)")
+    p.add_argument("--task-models", nargs="*", choices=sorted(TASK_MODELS), metavar="NAME",
+                   help="also time vitkit's segmentation/detection/seq2seq models (no timm twin); "
+                        "without names: a small set per device")
     p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak and FLOP count (MFU columns)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; even keeps the order balanced")
     p.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
@@ -506,11 +599,24 @@ def main(argv: list[str] | None = None) -> None:
         for r in bench_model(name, args, device, peak, on_result=results.append):
             if args.json:  # rewritten after every result, so a run cut short keeps what it measured
                 write_json(args.json, env, results, {"matmul_peak_tflops": peak})
+    task_rows = []
+    if args.task_models is not None:
+        for name in args.task_models or TASK_DEFAULTS[device.type]:
+            task_rows += bench_task_model(name, args, device)
+            if args.json:
+                write_json(args.json, env, results, {"matmul_peak_tflops": peak, "task_models": task_rows})
     print(table_header(device.type == "cuda"))
     for r in results:
         print(format_row(r))
+    if task_rows:
+        print("\n| vitkit model | task | size | batch | mode | precision | throughput | peak MiB |\n|---|---|---|---|---|---|---|---|")
+        for t in task_rows:
+            peak_cell = "" if t["peak_mib"] is None else f"{t['peak_mib']:.0f}"
+            compiled = " +compile" if t["compiled"] else ""
+            print(f"| {t['model']} | {t['task']} | {t['size']} | {t['batch']} | {t['mode']} | {t['precision']}{compiled} | "
+                  f"{t['rate']:,.1f} {t['unit']} | {peak_cell} |")
     if args.json:
-        write_json(args.json, env, results, {"matmul_peak_tflops": peak})
+        write_json(args.json, env, results, {"matmul_peak_tflops": peak, "task_models": task_rows})
 
 
 if __name__ == "__main__":
