@@ -79,7 +79,7 @@ def inspect_image(path: str) -> ImageInfo:
             mode, size = image.mode, image.size
             image.load()
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... per format
-        truncated = "truncated" in str(err) or isinstance(err, EOFError)
+        truncated = "truncated" in str(err).lower() or isinstance(err, EOFError)
         return ImageInfo(path, kind="truncated" if truncated else "unreadable", detail=f"{type(err).__name__}: {err}")
     return ImageInfo(path, mode=mode, size=size)
 
@@ -125,7 +125,7 @@ def error_kind(err: BaseException) -> str:
     if isinstance(err, DatasetNotFoundError):
         return "missing"
     if isinstance(err, CorruptImageError):
-        return "truncated" if "truncated" in text else "unreadable"
+        return "truncated" if "truncated" in text.lower() else "unreadable"
     for needle, kind in (("mask has mode", "mask-mode"), ("mask is", "mask-size"), ("label value", "mask-label"),
                          ("its annotation says", "size-mismatch"), ("repeats", "duplicate")):
         if needle in text:

@@ -65,16 +65,15 @@ class VitkitCLI(LightningCLI):
             self._check_checkpoint(self.config[sub])
 
     def _check_checkpoint(self, cfg) -> None:
-        """Load `ckpt_path` weights-only (the default unless `--weights_only false`) and refuse a checkpoint of
-        another task or vitkit version with one clear message, before Lightning reads it."""
-        if cfg.get("weights_only") is None and "weights_only" in cfg:
-            cfg["weights_only"] = True
+        """Read `ckpt_path` weights-only (as LightningCLI re-reads its hyper-parameters) and refuse a damaged
+        checkpoint, or one of another task or vitkit format, with one clear message before Lightning loads it."""
+        if "weights_only" in cfg and cfg.get("weights_only") is None:
+            cfg["weights_only"] = True  # explicit, whatever torch's default
         path = cfg.get("ckpt_path")
         if not path or path in ("best", "last", "hpc", "registry"):
             return
         class_path = (cfg.get("model") or {}).get("class_path")
-        task = task_name(_import(class_path)) if class_path else None
-        load_checkpoint(path, task=task, weights_only=cfg.get("weights_only") is not False)
+        load_checkpoint(path, task=task_name(_import(class_path)) if class_path else None)
 
     def _section(self):
         sub = self.config.get("subcommand")
