@@ -108,7 +108,9 @@ class VitkitCLI(LightningCLI):
             extra.append(RichProgressBar())
         if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
             monitor, mode = getattr(self.model, "monitor", None), getattr(self.model, "monitor_mode", "min")
-            extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}"))
+            # no version counter: save_last rewrites last.ckpt (also written below and on pre-emption), never last-v1.ckpt
+            extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}",
+                                         enable_version_counter=False))
             # last.ckpt after every epoch too: Lightning's save_last rewrites it only when the monitor improved
             extra.append(ModelCheckpoint(filename="last", enable_version_counter=False))
         for report in (TrainingCurves, PredictionGallery):  # PNG reports in the run folder
