@@ -114,3 +114,12 @@ def test_an_over_long_line_stops_fit_unless_truncation_is_asked_for(tmp_path, ca
     assert "the source has" in capsys.readouterr().err
     with pytest.warns(UserWarning, match=r"truncated \d+ over-long line"):
         run("fit", tmp_path, tmp_path / "none", *args, "--data.init_args.long_lines", "truncate")
+
+
+def test_a_checkpoint_alone_translates_from_python(fitted):
+    from vitkit.tasks import Seq2Seq
+
+    task = Seq2Seq.load_from_checkpoint(fitted / "checkpoints" / "last.ckpt", map_location="cpu")
+    outputs = task.translate(["twenty-one", "1999-03-04"])
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    assert task.tokenizer.fingerprint == TextTokenizer.from_file(fitted / "tokenizer.json").fingerprint
