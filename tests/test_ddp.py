@@ -51,3 +51,26 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert round(acc_ddp * 180, 3).is_integer()
     acc_single = {e: acc for e, (acc, _) in metrics_single.items()}
     assert acc_single["1"] > 0.2, "training moved the model off chance, so the comparison means something"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, extra", [
+    ("configs/segmentation/shapes_segmenter.yaml",
+     ["--data.init_args.shapes", '{"num_train": 32, "num_val": 4, "num_test": 4}', "--data.init_args.batch_size", "4",
+      "--model.init_args.num_visualize", "2",
+      "--model.init_args.model_kwargs", '{"encoder_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, "head_kwargs": {"depth": 1}}']),
+    ("configs/detection/shapes_detr_nano.yaml",
+     ["--data.init_args.img_size", "32", "--data.init_args.batch_size", "4", "--model.init_args.num_draw", "2",
+      "--data.init_args.shapes_config", '{"img_size": 32, "max_shapes": 2, "min_size": 8, "max_size": 14, "num_train": 32, "num_val": 4, "num_test": 4}',
+      "--model.init_args.model_kwargs", '{"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2, "num_queries": 8}']),
+])
+def test_other_tasks_fit_and_test_under_ddp(config, extra, tmp_path):
+    """Fit then test with 2 processes: reports written on rank zero do not stall the other rank."""
+    main(["fit", "--config", str(ROOT / config), "--trainer.default_root_dir", str(tmp_path / "runs"), "--run_name", "ddp",
+          "--data.init_args.root", str(tmp_path / "data"), "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2",
+          "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+          "--test_after_fit", "true", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra])
+    run = tmp_path / "runs" / "ddp" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "runs" / "ddp" / "version_1").exists()
+    with open(run / "metrics.csv") as f:
+        assert any(k.startswith("test/") for k in csv.DictReader(f).fieldnames)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -28,10 +28,28 @@ from .data.text import linked_special_id, linked_vocab_size
 from .errors import VitkitError
 from .faults import CheckpointStamp, NonFiniteLoss, Preemption, ResumeState, load_checkpoint, task_name
 
+class VitkitTrainer(Trainer):
+    """Lightning's Trainer whose `log_dir` is agreed once per stage by all processes (SharedLogDir) and then
+    answered locally, so that code writing reports on rank zero only may ask for it without stalling DDP."""
+
+    @property
+    def log_dir(self) -> str | None:
+        return self.__dict__["_shared_log_dir"] if "_shared_log_dir" in self.__dict__ else super().log_dir
+
+
+class SharedLogDir(Callback):
+    """Every process asks Lightning for the run folder (a broadcast under DDP) at setup; VitkitTrainer keeps it."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        trainer.__dict__.pop("_shared_log_dir", None)
+        trainer.__dict__["_shared_log_dir"] = Trainer.log_dir.fget(trainer)
+
+
 class VitkitCLI(LightningCLI):
     """LightningCLI in subclass mode: a config names the task (`model.class_path`) and data module."""
 
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", VitkitTrainer)
         kwargs.setdefault("trainer_defaults", {"default_root_dir": "runs"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
@@ -119,7 +137,7 @@ class VitkitCLI(LightningCLI):
         for fault in (Preemption, NonFiniteLoss, ResumeState, CheckpointStamp):  # vitkit.faults
             if not any(isinstance(c, fault) for c in have):
                 extra.append(fault())
-        return extra
+        return extra + [SharedLogDir()]
 
     def _loggers(self) -> list:
         root, name = self._root_dir(), self._run_name()
