@@ -43,7 +43,7 @@ def last(root: Path, task: str) -> dict:
 
 
 @pytest.mark.parametrize("task", [pytest.param("segmentation", marks=pytest.mark.slow),
-                                  pytest.param("detection", marks=pytest.mark.slow), "text"])
+                                  pytest.param("detection", marks=pytest.mark.slow), pytest.param("text", marks=pytest.mark.slow)])
 def test_sigterm_mid_epoch_then_resume_is_exact(task, tmp_path):
     data = tmp_path / "data"
     fit(task, tmp_path / "a", data)
