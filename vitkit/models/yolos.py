@@ -12,6 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ class YOLOS(nn.Module):
         num_classes: object classes (without "no object").
         img_size: input size (fixed: position embeddings are resampled when weights are loaded, not per call).
         patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate: the ViT encoder.
+        pos_embed: the patch tokens' position embedding, "learn" or fixed 2-D "sincos".
         num_det_tokens: detection tokens (detections per image before top-k).
         mid_pos_embed: YOLOS-S/B's extra position embeddings added after every block but the last.
         norm_eps: LayerNorm epsilon (1e-12 in the transformers checkpoints, 1e-6 in timm's ViT).
@@ -55,6 +57,7 @@ class YOLOS(nn.Module):
         depth: int = 12,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
+        pos_embed: Literal["learn", "sincos"] = "learn",
         drop_path_rate: float = 0.0,
         num_det_tokens: int = 100,
         mid_pos_embed: bool = False,
@@ -64,7 +67,7 @@ class YOLOS(nn.Module):
         self.num_classes, self.num_det_tokens = num_classes, num_det_tokens
         self.encoder = VisionTransformer(
             img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed, drop_path_rate=drop_path_rate,
         )
         for m in self.encoder.modules():
             if isinstance(m, nn.LayerNorm):
