@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from .errors import ConfigError, CorruptImageError, DataError, DatasetNotFoundError, VitkitError
+from .errors import ConfigError, CorruptImageError, DatasetNotFoundError, VitkitError
 
 Severity = Literal["error", "warning"]
 SPLITS = ("train", "val", "test")
