@@ -14,7 +14,8 @@ rate: how often the centre of the map's peak patch lies inside the object's box.
 peak drawn uniformly over the patches: the mean fraction of patch centres inside the box) and the same
 methods on the untrained network (what brightness/texture alone attracts).
 
-Usage (from the repository root; ~6 min for both sets on 2 shared CPU cores):
+Usage (from the repository root; a few minutes per set on an idle 2-core CPU, much longer on a loaded one:
+`--threads 1` is then faster):
 
     python benchmarks/rollout_hit_rate.py                              # both sets, avg pooling, seed 0
     python benchmarks/rollout_hit_rate.py --datasets digits --pool token --seeds 0 1 2 --json out.json
@@ -92,22 +93,34 @@ def run(name: str, seed: int, args) -> dict:
             "trained": hit_rates(model, x, test.boxes, img_size), "untrained": untrained}
 
 
+def print_header(args) -> None:
+    print(f"\nPointing game: the map's peak patch inside the object's box ({args.pool} pooling, "
+          f"depth {args.depth}, width {args.dim}, {args.steps} steps of 64, {args.test} test images)\n")
+    print("| set | seed | test acc | chance | " + " | ".join(f"{m} (untrained → trained)" for m in METHODS) + " | train s |")
+    print("|---|---|---|---|" + "---|" * len(METHODS) + "---|", flush=True)
+
+
+def print_row(r: dict) -> None:
+    cells = " | ".join(f"{r['untrained'][m]:.1%} → **{r['trained'][m]:.1%}**" for m in METHODS)
+    print(f"| {r['dataset']} | {r['seed']} | {r['test_acc']:.1%} | {r['chance']:.1%} | {cells} | {r['train_s']} |", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    rows = [run(name, seed, args) for name in args.datasets for seed in args.seeds]
-    print(f"\nPointing game: the map's peak patch inside the object's box ({args.pool} pooling, "
-          f"depth {args.depth}, width {args.dim}, {args.steps} steps of 64, {args.test} test images)\n")
-    print("| set | seed | test acc | chance | " + " | ".join(f"{m} (untrained → trained)" for m in METHODS) + " | train s |")
-    print("|---|---|---|---|" + "---|" * len(METHODS) + "---|")
+    rows = []
+    for name in args.datasets:
+        for seed in args.seeds:
+            rows.append(run(name, seed, args))
+            print_row(rows[-1])  # as each run ends (the table is printed whole at the end)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"args": vars(args), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    print_header(args)
     for r in rows:
-        cells = " | ".join(f"{r['untrained'][m]:.1%} → **{r['trained'][m]:.1%}**" for m in METHODS)
-        print(f"| {r['dataset']} | {r['seed']} | {r['test_acc']:.1%} | {r['chance']:.1%} | {cells} | {r['train_s']} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "torch": torch.__version__, "rows": rows}, f, indent=1)
+        print_row(r)
 
 
 if __name__ == "__main__":
