@@ -15,7 +15,7 @@ from vitkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / "configs/segmentation/shapes_segmenter.yaml")
-TINY_MODEL = '{"encoder_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, "head_kwargs": {"depth": 1}}'
+TINY_MODEL = '{"head": "conv", "encoder_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, "head_kwargs": {"channels": 16}}'
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -34,8 +34,8 @@ def rows(run: Path) -> list[dict]:
 def fitted(tmp_path_factory) -> Path:
     """36 steps of the shapes config on a small generated set, then the test of the best checkpoint."""
     tmp = tmp_path_factory.mktemp("seg")
-    main(["fit", *shapes_args(tmp, "--trainer.max_steps", "36", "--trainer.log_every_n_steps", "1",
-                              "--model.init_args.lr", "2e-3", "--test_after_fit", "true")])
+    main(["fit", *shapes_args(tmp, "--trainer.max_steps", "36", "--trainer.log_every_n_steps", "1", "--model.init_args.lr", "4e-3",
+                              "--test_after_fit", "true")])
     return tmp / "runs" / "shapes_segmenter" / "version_0"
 
 
@@ -43,7 +43,8 @@ def test_short_shapes_training_loss_falls_and_logs_miou(fitted):
     logged = rows(fitted)
     losses = [float(r["train/loss"]) for r in logged if r.get("train/loss")]
     assert len(losses) == 36
-    assert np.mean(losses[-6:]) < 0.6 * np.mean(losses[:6]), f"loss did not fall: {losses[:6]} ... {losses[-6:]}"
+    # the class-weighted loss of the README config, on a 1-block model: about 2.0 -> 1.4 in 36 steps
+    assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), f"loss did not fall: {losses[:6]} ... {losses[-6:]}"
     miou = [float(r["val/mIoU"]) for r in logged if r.get("val/mIoU")]
     assert len(miou) == 6 and all(0 <= v <= 1 for v in miou)
     test = next(r for r in logged if r.get("test/mIoU"))
@@ -128,7 +129,7 @@ def test_a_mask_of_the_wrong_size_stops_fit_with_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SHAPES, "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.init_args.dataset",
               "folder", "--data.init_args.root", str(tmp_path), "--data.init_args.batch_size", "2",
-              "--model.init_args.model_kwargs", TINY_MODEL, "--trainer.max_steps", "1", *QUIET])
+              "--model.init_args.model_kwargs", TINY_MODEL, "--model.init_args.class_weights", "null", "--trainer.max_steps", "1", *QUIET])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "0.png: mask is 64x60 (width x height) but its image" in err and "Traceback" not in err

@@ -200,13 +200,19 @@ def segmenter_vit_large_patch16_640(**kw) -> Segmenter:
     return _segmenter("vit_large_patch16_224", _PAPER, 640, **kw)
 
 
-# CPU-sized: 64x64 images (the embedded shapes set), ViT-Ti width (192, 3 heads) with 6 blocks.
+# CPU-sized: 64x64 images (the embedded shapes set), 6 blocks of ViT-Ti width (192, 3 heads) or half of it.
 _CPU_TINY = {"embed_dim": 192, "depth": 6, "num_heads": 3}
+_CPU_NANO = {"embed_dim": 96, "depth": 6, "num_heads": 3}
 
 
 @register_segmenter
 def segmenter_vit_tiny_patch8_64(**kw) -> Segmenter:
     return _segmenter("vit", {"patch_size": 8, **_CPU_TINY}, 64, **kw)
+
+
+@register_segmenter
+def segmenter_vit_nano_patch8_64(**kw) -> Segmenter:
+    return _segmenter("vit", {"patch_size": 8, **_CPU_NANO}, 64, **kw)
 
 
 @register_segmenter
