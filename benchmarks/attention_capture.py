@@ -142,7 +142,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
-    print("| model | img | batch | mode | plain ms | off ms | on ms | off÷plain (min–max) | on÷off (min–max) | on − off output | captured weights |")
+    print("| model | img | batch | mode | plain ms | off ms | on ms | off÷plain (min–max) | on÷off (min–max) "
+          "| on − off output | captured weights |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, img, batch in CONFIGS["quick" if args.quick else "default"]:
         models = build(name, img)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -23,8 +23,6 @@ from ..errors import CheckpointError, ConfigError, DatasetNotFoundError
 from .methods import METHODS
 from .tasks import EXPLAINERS, Inputs
 
-log = logging.getLogger("vitkit")
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -33,21 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
         "as PNG overlays and .npy maps.",
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images (searched recursively)")
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `train.py fit` (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument("--ckpt", required=True,
+                   help="Lightning checkpoint written by `train.py fit` (e.g. .../checkpoints/last.ckpt)")
     p.add_argument("--method", choices=(*METHODS, "cross"), default=None,
                    help="classifiers: rollout (attention rollout, Abnar & Zuidema 2020; the default), attention (raw "
                    "attention of the pooled token per layer and head) or grad (gradient-weighted relevance for the "
                    "target class, Chefer et al. 2021); detectors and captioners: cross (decoder cross-attention of "
-                   "each detected object's query / each generated word; the default); segmenters: rollout (read from each predicted class's patches)")
-    p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's predicted class; segmenters: the largest predicted classes)")
+                   "each detected object's query / each generated word; the default); segmenters: rollout (read "
+                   "from each predicted class's patches)")
+    p.add_argument("--target", default=None, help="class to explain, by name or index (default: each image's "
+                   "predicted class; segmenters: the largest predicted classes)")
     p.add_argument("--min-score", type=float, default=None,
                    help="detectors: explain detections scoring at least this (default: the task's display_threshold)")
-    p.add_argument("--max-objects", type=int, default=6, help="detectors: at most this many detections per image; segmenters: classes per image")
-    p.add_argument("--out", default=None, help="output folder (default: <run folder>/explain next to the checkpoint's run)")
+    p.add_argument("--max-objects", type=int, default=6,
+                   help="detectors: at most this many detections per image; segmenters: classes per image")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: <run folder>/explain next to the checkpoint's run)")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean", help="how rollout combines heads")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted and listed) instead of stopping")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images (counted and listed) instead of stopping")
     return p
 
 
@@ -100,10 +104,16 @@ def load_task(path: str, device: str = "cpu") -> tuple[pl.LightningModule, dict]
             "(a plain weights file is loaded with vitkit.create_model(..., pretrained=...))"
         )
     hparams = ckpt["hyper_parameters"]
-    cls = _task_class(hparams.get("_class_path", "vitkit.tasks.ImageClassifier"), path)
+    stamp = ckpt.get("vitkit") if isinstance(ckpt.get("vitkit"), dict) else {}
+    class_path = hparams.get("_class_path") or stamp.get("task") or "vitkit.tasks.ImageClassifier"
+    cls = _task_class(class_path, path)
     # never re-read a `pretrained` source file or re-compile: the checkpoint holds the trained weights
     overrides = {k: v for k, v in (("pretrained", None), ("compile", False)) if k in hparams}
-    task = cls.load_from_checkpoint(path, map_location=device, weights_only=True, **overrides)
+    try:
+        task = cls.load_from_checkpoint(path, map_location=device, weights_only=True, **overrides)
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} (--ckpt): cannot rebuild {class_path} from it ({first})") from err
     return task.eval(), ckpt
 
 
@@ -133,14 +143,16 @@ def collect_inputs(paths: list[str], skip_corrupt: bool = False) -> Inputs:
         elif os.path.isfile(given):
             images.append((given, _stem(Path(given).name)))
         else:
-            raise DatasetNotFoundError(f"{given} (explain inputs): no such file or folder; expected an image or a folder of images")
+            raise DatasetNotFoundError(
+                f"{given} (explain inputs): no such file or folder; expected an image or a folder of images"
+            )
     skipped: list[tuple[str, str]] = []
     if skip_corrupt:
         good, skipped = scan_images([p for p, _ in images])
         keep = set(good)
         images = [item for item in images if item[0] in keep]
-    names = [n for _, n in images]
-    images = [(p, n if names.count(n) == 1 else f"{n}_{i}") for i, (p, n) in enumerate(images)]
+    counts = Counter(n for _, n in images)
+    images = [(p, n if counts[n] == 1 else f"{n}_{i}") for i, (p, n) in enumerate(images)]
     return Inputs(images, skipped)
 
 

@@ -75,8 +75,11 @@ def save_layer_grid(
     layers = np.asarray(layers, dtype=np.float32)
     if layers.ndim == 4:
         rows, cols = layers.shape[0], layers.shape[1] + 1
-        cells = [(layers[r, c] if c < cols - 1 else layers[r].mean(0), f"{label} {r + 1} " + (f"head {c + 1}" if c < cols - 1 else "mean"))
-                 for r in range(rows) for c in range(cols)]
+        heads, cells = cols - 1, []
+        for r in range(rows):
+            for c in range(cols):
+                name = f"head {c + 1}" if c < heads else "mean"
+                cells.append((layers[r, c] if c < heads else layers[r].mean(0), f"{label} {r + 1} {name}"))
     else:
         cols = min(6, layers.shape[0])
         rows = math.ceil(layers.shape[0] / cols)
@@ -123,7 +126,8 @@ def save_object_maps(
         if boxes is not None:
             box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[i]
             for target in (ax, axes.flat[0]):
-                target.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5))
+                rect = Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5)
+                target.add_patch(rect)
             axes.flat[0].text(box[0], box[1], str(i + 1), color="white", fontsize=7, va="bottom")
     if title:
         fig.suptitle(title, fontsize=9)

@@ -63,7 +63,9 @@ def parse_target(target: str | None, class_names: list[str]) -> int | None:
     if target.lstrip("-").isdigit() and 0 <= int(target) < len(class_names):
         return int(target)
     shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-    raise ConfigError(f"--target {target!r}: not a class of this model; expected a name ({shown}) or an index 0..{len(class_names) - 1}")
+    raise ConfigError(
+        f"--target {target!r}: not a class of this model; expected a name ({shown}) or an index 0..{len(class_names) - 1}"
+    )
 
 
 def eval_pipeline(ckpt: dict, img_size: tuple[int, int]):
@@ -139,7 +141,9 @@ def explain_detection(task, ckpt: dict, inputs: Inputs, args, out: Path) -> list
     --max-objects per image), where its query looked: the last decoder layer's cross-attention, heads averaged."""
     model = task.model
     if not hasattr(model, "head") or not hasattr(model.head, "blocks"):
-        raise ConfigError(f"{type(model).__name__} has no decoder to cross-attend; `vitkit explain` explains DETR-style detectors")
+        raise ConfigError(
+            f"{type(model).__name__} has no decoder to cross-attend; `vitkit explain` explains DETR-style detectors"
+        )
     mean, std = _normalisation(ckpt)
     size = model.img_size[0]
     names = list(task.class_names)
@@ -164,7 +168,8 @@ def _save_detection(path, stem: Path, canvas, maps, boxes, scores, labels, queri
     # maps (L, n, gh, gw): the picture shows the last layer, the .npy files keep every layer
     captions = [f"#{i + 1} {lab} {s:.2f} (query {q})" for i, (lab, s, q) in enumerate(zip(labels, scores, queries))]
     title = f"{Path(path).name}: {len(queries)} detection(s), decoder cross-attention of each query (last layer)"
-    picture = save_object_maps(canvas, maps[-1], captions, stem.with_name(stem.name + ".png"), title, boxes=boxes.clamp(0, canvas.shape[0]))
+    boxes = boxes.clamp(0, canvas.shape[0])
+    picture = save_object_maps(canvas, maps[-1], captions, stem.with_name(stem.name + ".png"), title, boxes=boxes)
     npy, layers_npy = save_maps(stem, maps[-1], maps.transpose(0, 1))  # (n, gh, gw), (n, L, gh, gw)
     return {"path": path, "method": "cross", "detections": len(queries),
             "objects": "; ".join(f"{lab} {s:.3f}" for lab, s in zip(labels, scores)),
@@ -199,7 +204,8 @@ def explain_segmentation(task, ckpt: dict, inputs: Inputs, args, out: Path) -> l
         logits, rolled, labels = segmenter_region_rollout(model, x)
         for b, (path, name) in enumerate(batch):
             counts = torch.bincount(labels[b].flatten(), minlength=len(names))
-            classes = [target] if target is not None else [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][: args.max_objects]
+            present = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0]
+            classes = [target] if target is not None else present[: args.max_objects]
             regions = torch.stack([labels[b].flatten() == c for c in classes])  # (n, N_patches)
             maps = to_grid(region_read_out(rolled[b : b + 1].expand(len(classes), -1, -1), regions, prefix), grid)
             mask = logits[b].argmax(dim=0).cpu().numpy()
@@ -214,7 +220,8 @@ def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, ma
     shown = (0.5 * image + 0.5 * colorize(mask)).astype(np.uint8)
     captions = [f"{c} ({n} patches)" for c, n in zip(classes, patches)]
     title = f"{Path(path).name}: rollout read from the patches predicted as each class"
-    picture = save_object_maps(image, maps, captions, stem.with_name(stem.name + ".png"), title, first=shown, first_title="prediction")
+    path_png = stem.with_name(stem.name + ".png")
+    picture = save_object_maps(image, maps, captions, path_png, title, first=shown, first_title="prediction")
     npy = stem.with_name(stem.name + ".npy")
     np.save(npy, np.asarray(maps, dtype=np.float32))  # (classes, gh, gw)
     return {"path": path, "method": "rollout", "classes": "; ".join(classes), "picture": picture.name, "map": npy.name}
