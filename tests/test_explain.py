@@ -195,3 +195,11 @@ def test_rollout_peak_falls_on_the_digit_well_above_chance(digit_task):
     # the distractor has the same ink, so brightness alone finds the digit at most about half the time
     # (0.25-0.43 over seeds 0-4 for an untrained model); training lifts the hit rate to 0.73-0.77
     assert before < 0.5 and trained_rollout > before + 0.25, (before, trained_rollout)
+
+
+def test_a_model_without_vitkit_attention_is_a_clear_error():
+    import timm
+
+    other = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+    with pytest.raises(ValueError, match="no vitkit.nn.Attention to capture"):
+        explain_classifier(other, torch.randn(1, 3, 32, 32), "rollout")

@@ -161,7 +161,13 @@ def self_attentions(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, li
     """One forward with capture on: (logits, [(B, heads, N, N) per self-attention layer, in order])."""
     with capture_attention(model) as attns:
         logits = model(x)
-    return logits, [a.attn_weights for a in attns if not a.cross]
+    weights = [a.attn_weights for a in attns if not a.cross]
+    if not weights:
+        raise ValueError(
+            f"{type(model).__name__} has no vitkit.nn.Attention to capture; expected a vitkit model (a timm ViT's "
+            "weights load into vitkit.create_model with the same name)"
+        )
+    return logits, weights
 
 
 def explain_classifier(
@@ -196,9 +202,8 @@ def explain_classifier(
 
 def _explain_grad(model, x, target, grid, prefix, pool) -> Explanation:
     x = x.detach().clone().requires_grad_(True)  # gradients reach the attention even with frozen weights
-    with torch.enable_grad(), capture_attention(model) as modules:
-        logits = model(x)
-        attns = [a.attn_weights for a in modules if not a.cross]
+    with torch.enable_grad():
+        logits, attns = self_attentions(model, x)
         tgt = _target(logits, target)
         score = logits.gather(1, tgt[:, None]).sum()  # images are independent in eval mode: one backward
         grads = torch.autograd.grad(score, attns)
