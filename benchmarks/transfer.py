@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from vitkit.data import ClassificationDataModule
 from vitkit.tasks import ImageClassifier
+from vitkit.tasks.finetune import freeze_
 
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
@@ -96,6 +97,8 @@ def finetune(args, steps: int, ckpt: str | None) -> dict:
     model = _classifier(dm, args, lr=args.lr, pretrained=ckpt)
     if ckpt and args.layer_decay:
         model.hparams.layer_decay = args.layer_decay  # read by configure_optimizers
+    if ckpt and args.freeze != "none":  # linear probe ("encoder") or the first N blocks, pretrained start only
+        freeze_(model.model, int(args.freeze) if args.freeze.isdigit() else args.freeze)
     start = time.perf_counter()
     _fit(model, dm, max_steps=steps, max_epochs=-1)
     acc, loss = evaluate(model, dm)
@@ -125,6 +128,8 @@ def main() -> None:
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=5e-4, help="fine-tune peak learning rate (both starts)")
     parser.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay for the pretrained start only (BEiT-style fine-tuning); the scratch start always uses none")
+    parser.add_argument("--freeze", default="none", help="pretrained start only: 'encoder' (linear probe) or a number "
+                        "of blocks to keep fixed (model.freeze); the scratch start always trains everything")
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 30, 100])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", type=Path, help="reuse this digits 0-4 checkpoint (same --depth/--width/"
@@ -151,7 +156,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s); ViT depth {args.depth}, width "
           f"{args.width}, {args.img} px, {source['params'] / 1e6:.2f} M params; seed {args.seed}; "
-          f"fine-tune lr {args.lr}; "
+          f"fine-tune lr {args.lr}; pretrained start: freeze {args.freeze}, layer decay {args.layer_decay}; "
           f"source: {f'{args.pretrain_epochs} epochs' if args.pretrain_epochs else ckpt} on digits 0-4 "
           f"(test acc {source['source_test_acc']:.1%}); "
           f"total {(time.perf_counter() - start) / 60:.1f} min\n")

@@ -184,7 +184,9 @@ def test_head_of_another_class_count_is_replaced_and_reported(tmp_path, caplog):
     assert report.head_reinitialised and set(report.dropped) == {"head.weight", "head.bias"}
     assert "5 classes, model 3" in report.dropped["head.weight"] and "re-initialised" in str(report)
     assert "classifier head re-initialised" in caplog.text  # logged as a warning, not only returned
-    torch.testing.assert_close(model.head.weight, fresh_head, rtol=0, atol=0)
+    # the new head starts near zero (BEiT/MAE fine-tuning init): its model init scaled by 1e-3, bias 0
+    torch.testing.assert_close(model.head.weight, fresh_head * 1e-3, rtol=0, atol=0)
+    assert not model.head.bias.any()
     _assert_body_equal(model, src.state_dict())
     with pytest.raises(CheckpointError, match=r"num_classes=5"):
         load_pretrained(_vitkit(num_classes=3), tmp_path / "timm.pth", num_classes_changed_ok=False)
@@ -294,7 +296,7 @@ def test_reset_head_keeps_a_fresh_classifier_even_when_the_checkpoint_head_fits(
     torch.manual_seed(123)
     model = vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "src.pth", reset_head=True, num_classes=5,
                                 img_size=16, depth=1, embed_dim=32, num_heads=2)
-    assert torch.equal(model.head.weight, fresh.head.weight)
+    assert torch.equal(model.head.weight, fresh.head.weight * 1e-3)  # fresh, scaled near zero
     assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     from vitkit.weights import load_pretrained
 

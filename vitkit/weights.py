@@ -64,7 +64,7 @@ class LoadReport:
         lines += [f"  resampled {k}: {v}" for k, v in self.resampled.items()]
         lines += [f"  dropped {k}: {v}" for k, v in self.dropped.items()]
         if self.head_reinitialised:
-            lines.append("  classifier head re-initialised (train it before use)")
+            lines.append("  classifier head re-initialised near zero (train it before use)")
         for name, keys in self._unloaded():
             if keys:
                 lines.append(f"  {name}: {len(keys)} key(s): {_few(keys)}")
@@ -293,6 +293,7 @@ def load_pretrained(
     num_classes_changed_ok: bool = True,
     reset_head: bool = False,
     resample_patch_embed: bool = True,
+    new_head_scale: float = 1e-3,
 ) -> LoadReport:
     """Load a timm, torchvision or transformers ViT checkpoint (a file or a state dict) into a vitkit
     `VisionTransformer`: rename keys, resample `pos_embed` to the model's patch grid (bicubic), replace a
@@ -333,8 +334,22 @@ def load_pretrained(
     if strict:
         _check_strict(report)
     model.load_state_dict(sd, strict=False)
+    if report.head_reinitialised:
+        _shrink_new_head(model, new_head_scale)
     (logger.info if report.ok and not report.dropped else logger.warning)("%s", report)
     return report
+
+
+def _shrink_new_head(model: nn.Module, scale: float) -> None:
+    """A fresh classifier on pretrained features starts near zero (weights x `scale`, bias 0), as in BEiT's
+    (0.001) and MAE's fine-tuning: its first gradients then train the head, not the encoder, instead of sending
+    a random head's error back through the features (the feature distortion of Kumar et al. 2022)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and scale != 1.0:
+        with torch.no_grad():
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.zero_()
 
 
 _PATCH_KEY = "patch_embed.proj.weight"
