@@ -126,3 +126,15 @@ def test_vqa_question_file_naming_a_missing_image_is_a_clear_error(answerer, sha
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "q.json: 1 image file(s) it names do not exist" in err and "nowhere.png" in err
+
+
+def test_a_vqa_model_can_start_from_the_captioners_encoder(captioner):
+    from vitkit.models import VQATransformer
+
+    ckpt = captioner / "checkpoints" / "last.ckpt"
+    encoder_kwargs = {"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2}
+    vqa = VQATransformer(vocab_size=50, num_answers=5, encoder="vit_nano_patch4_32", img_size=32, dim=32, depth=1,
+                         num_heads=2, encoder_kwargs=encoder_kwargs, pretrained=str(ckpt))
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")["state_dict"]
+    for name, value in vqa.encoder.state_dict().items():
+        torch.testing.assert_close(value, state[f"model.encoder.{name}"])

@@ -4,6 +4,7 @@ and Tell", Xu et al. 2015) and a VQA model that fuses question tokens and image 
 blocks and classifies the answer (single-stream fusion as in ViLT, Kim et al. 2021)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,15 +18,31 @@ from .seq2seq import PosEmbed, SpecialIds, TextDecoder, generate
 
 def build_encoder(encoder: str, img_size: int | None, encoder_kwargs: dict[str, Any] | None,
                   pretrained: str | None) -> nn.Module:
-    """Any registered vitkit image encoder, headless (`num_classes=0`); its `forward_features` gives tokens."""
+    """Any registered vitkit image encoder, headless (`num_classes=0`); its `forward_features` gives tokens.
+    `pretrained`: an image-encoder checkpoint (timm/torchvision/transformers/vitkit), or the checkpoint of a
+    vitkit captioning/VQA run, whose encoder is taken (e.g. a VQA model starting from a captioner's ViT)."""
     kwargs = {**(encoder_kwargs or {}), "num_classes": 0}
     if img_size is not None:
         kwargs["img_size"] = img_size
-    model = create_model(encoder, pretrained=pretrained, **kwargs)
+    inner = _text_task_encoder(pretrained)
+    model = create_model(encoder, pretrained=None if inner is not None else pretrained, **kwargs)
     if not hasattr(model, "forward_features") or not hasattr(model, "embed_dim"):
         raise ValueError(f"encoder {encoder!r} has no forward_features/embed_dim; expected a vitkit image encoder "
                          f"such as vit_nano_patch4_32 (vitkit.list_models())")
+    if inner is not None:
+        from ..weights import load_pretrained  # lazy, as in create_model
+
+        load_pretrained(model, inner, strict=True)
     return model
+
+
+def _text_task_encoder(path: str | None) -> dict[str, torch.Tensor] | None:
+    """The `model.encoder.*` weights of a vitkit ImageCaptioner/VisualQA Lightning checkpoint, else None."""
+    if path is None or not str(path).endswith(".ckpt") or not os.path.isfile(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    prefix = "model.encoder."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or None
 
 
 class CaptionTransformer(nn.Module):
