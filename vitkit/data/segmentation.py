@@ -396,15 +396,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             paths = list_images(h.predict_dir) if h.predict_dir else [p for p, _ in self._samples("test")]
             return ImageDataset(paths, self.eval_transform)
         transform = self.train_transform if split == "train" else self.eval_transform
-        hint = ""
-        if h.dataset in ("folder", "shapes"):
-            hint = f" (classes.txt lists {self.num_classes} classes)"
-        if not self.reduce_zero_label and self._has_max_label_hint():
+        hint = f" (classes.txt lists {self.num_classes} classes)" if h.dataset in ("folder", "shapes") else ""
+        if not self.reduce_zero_label and h.dataset in ("folder", "ade20k"):
             hint += "; ADE20K-style masks with 0 = unlabelled need data.reduce_zero_label: true"
         return SegmentationDataset(self._samples(split), transform, self.num_classes, h.ignore_index, self.reduce_zero_label, hint)
-
-    def _has_max_label_hint(self) -> bool:
-        return self.hparams.dataset in ("folder", "ade20k")
 
     def _samples(self, split: str) -> list[SegSample]:
         dataset = self.hparams.dataset
