@@ -210,8 +210,10 @@ class _ImageTextData(pl.LightningDataModule):
         return Path(given[0]), Path(given[1] or Path(given[0]).parent)
 
     def prepare_data(self) -> None:
-        if self.hparams.train_json is None:
-            generate_shapes(self.hparams.root, self._shapes_config())
+        trainer = getattr(self, "trainer", None)
+        given = self.hparams.get("predict_dir") or self.hparams.get("predict_file")
+        if self.hparams.train_json is None and not (given and trainer is not None and trainer.state.fn == "predict"):
+            generate_shapes(self.hparams.root, self._shapes_config())  # not needed to predict on given images
 
     # -- tokenizer (as in Seq2SeqDataModule): trained on the training text, given as a file, or restored --
     @property
