@@ -201,6 +201,22 @@ def test_no_object_weight_scales_the_empty_class():
     assert low["bbox"] == 0 and low["giou"] == 0
 
 
+def test_dense_assignment_of_patch_tokens():
+    """Token cell centres inside a box are its positives (the smaller box wins where two overlap); a box too
+    small to hold a centre still gets the token nearest its centre."""
+    from vitkit.models.heads.detection import _cell_boxes
+    from vitkit.tasks.detection import _dense_owner
+
+    centres = _cell_boxes((4, 4))[:, :2]  # (16, 2): 0.125, 0.375, 0.625, 0.875 on each axis
+    boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0],     # the left half: columns 0-1, all rows
+                          [0.25, 0.25, 0.3, 0.3],    # inside it, smaller: rows 0-1, columns 0-1
+                          [0.76, 0.76, 0.05, 0.05]])  # holds no centre; the nearest is (0.875, 0.875)
+    owner = _dense_owner(centres, boxes).view(4, 4)  # rows = y, columns = x
+    assert owner[:2, :2].eq(1).all() and owner[2:, :2].eq(0).all()
+    assert owner[3, 3] == 2 and owner[:, 2:].flatten().tolist().count(-1) == 7
+    assert _dense_owner(centres, torch.zeros(0, 4)).eq(-1).all()
+
+
 def test_postprocess_top_k_to_original_pixels():
     logits = torch.tensor([[[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]]])  # query 0 class 0, query 1 class 2
     boxes = torch.tensor([[[0.5, 0.25, 0.5, 0.5], [0.9, 0.9, 0.4, 0.4]]])  # canvas-normalised cxcywh

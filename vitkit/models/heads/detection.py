@@ -88,7 +88,10 @@ class DetrHead(nn.Module):
     (`query_init="learned"`, DAB-DETR) or chosen per image (`"encoder"`, the two-stage query selection of
     Deformable DETR / DINO): every patch token predicts a class and a box around its own position
     ("enc_outputs", trained with the same set loss), and the `num_queries` most confident boxes become the
-    anchors. The second starts every query near an object and converges far faster on small data.
+    anchors. The second starts every query near an object and converges far faster on small data. With
+    it, a second pair of token heads ("enc_outputs"["dense"]) is trained one-to-many, every token inside an
+    object being a positive for it (Co-DETR's auxiliary dense assignment): a dense signal for the encoder
+    from the first step, used only for training.
 
     Args:
         num_classes: object classes; logits have one more, the last being "no object".
@@ -147,6 +150,8 @@ class DetrHead(nn.Module):
             self.enc_norm = nn.LayerNorm(dim, eps=1e-6)
             self.enc_class = nn.Linear(dim, num_classes + 1)
             self.enc_bbox = PredictionMLP(dim, dim, 4, 3)
+            self.dense_class = nn.Linear(dim, num_classes + 1)  # auxiliary one-to-many heads (Co-DETR)
+            self.dense_bbox = PredictionMLP(dim, dim, 4, 3)
         self.label_embed = nn.Embedding(num_classes + 1, dim)  # denoising queries; the last row pads
         self.pos_mlp = PredictionMLP(2 * dim, dim, dim, 2)
         self.blocks = nn.ModuleList(
@@ -168,7 +173,7 @@ class DetrHead(nn.Module):
             anchors = torch.rand(self.num_queries, 4)  # centres spread over the image, sizes 0.05-0.35
             anchors[:, 2:] = anchors[:, 2:] * 0.3 + 0.05
             self.query_anchors.weight.data.copy_(inverse_sigmoid(anchors))
-        for mlp in (self.bbox_embed, getattr(self, "enc_bbox", None)):  # first predictions: the anchors themselves
+        for mlp in (self.bbox_embed, getattr(self, "enc_bbox", None), getattr(self, "dense_bbox", None)):  # first predictions: the anchors themselves
             if mlp is not None:
                 nn.init.zeros_(mlp.layers[-1].weight)
                 nn.init.zeros_(mlp.layers[-1].bias)
@@ -209,7 +214,10 @@ class DetrHead(nn.Module):
         score = logits.softmax(-1)[..., :-1].amax(-1)  # (B, N)
         top = score.topk(self.num_queries, dim=1).indices  # (B, Q)
         chosen = boxes.gather(1, top[..., None].expand(-1, -1, 4))
-        return inverse_sigmoid(chosen.detach()), {"pred_logits": logits, "pred_boxes": boxes}
+        # the same tokens through a second pair of heads, trained one-to-many (see SetCriterion.dense_losses)
+        dense = {"pred_logits": self.dense_class(h), "pred_boxes": (self.token_anchors + self.dense_bbox(h)).sigmoid(),
+                 "centres": self.token_anchors[:, :2].sigmoid()}
+        return inverse_sigmoid(chosen.detach()), {"pred_logits": logits, "pred_boxes": boxes, "dense": dense}
 
     def _decode(self, x: torch.Tensor, anchors: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None):
         ref = anchors.sigmoid()  # (B, T, 4) current box of each query
