@@ -7,7 +7,7 @@ from typing import Iterator
 
 from torch import nn
 
-from .attention import Attention, KVCache, causal_mask, padding_mask
+from .attention import Attention, KVCache, causal_mask, padding_mask, set_sdpa_backends
 from .blocks import DecoderBlock, DropPath, EncoderBlock, LayerScale, Mlp
 from .embed import PatchEmbed, resample_pos_embed, sincos_2d_pos_embed, to_2tuple
 from .text import PositionEmbed1d, TokenEmbed, sincos_1d_pos_embed
@@ -15,7 +15,7 @@ from .text import PositionEmbed1d, TokenEmbed, sincos_1d_pos_embed
 __all__ = [
     "Attention", "KVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath", "EncoderBlock",
     "LayerScale", "Mlp", "PatchEmbed", "resample_pos_embed", "sincos_2d_pos_embed", "to_2tuple",
-    "capture_attention", "PositionEmbed1d", "TokenEmbed", "sincos_1d_pos_embed",
+    "capture_attention", "set_sdpa_backends", "PositionEmbed1d", "TokenEmbed", "sincos_1d_pos_embed",
 ]
 
 
