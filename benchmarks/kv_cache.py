@@ -1,7 +1,7 @@
 """KV-cache decoding speed-up: the same encoder-decoder decodes N tokens with and without the cache (greedy and
 beam search); outputs must be identical token for token, and the table reports the speed-up.
 
-    python benchmarks/kv_cache.py              # transformer_small, 64 and 256 tokens, batch 1 and 8
+    OMP_NUM_THREADS=1 python benchmarks/kv_cache.py    # transformer_small, 64 and 256 tokens, batch 1 and 8
     python benchmarks/kv_cache.py --quick      # 64 tokens only, one repeat
 
 Without the cache every step re-runs the decoder over the whole prefix (O(N^2) token computations for N
@@ -19,9 +19,8 @@ import vitkit
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median wall time of `repeats` calls (after one warm-up) and the last output."""
-    out = fn()
-    times = []
+    """Median wall time of `repeats` calls and the last output (warm up separately, on a short decode)."""
+    out, times = None, []
     for _ in range(repeats):
         start = time.perf_counter()
         out = fn()
@@ -39,10 +38,11 @@ def run(model_name: str, lengths: list[int], batches: list[int], beam: int, repe
         for batch, beam_size in [(b, 1) for b in batches] + ([(1, beam)] if beam > 1 else []):
             src = torch.randint(3, 8000, (batch, src_len))
 
-            def decode(use_cache: bool):
-                return lambda: model.generate(src, max_new_tokens=n, min_new_tokens=n, beam_size=beam_size,
+            def decode(use_cache: bool, tokens: int = n):
+                return lambda: model.generate(src, max_new_tokens=tokens, min_new_tokens=tokens, beam_size=beam_size,
                                               use_cache=use_cache)
 
+            decode(True, 4)(), decode(False, 4)()  # warm-up
             t_cache, out_cache = timed(decode(True), repeats)
             t_full, out_full = timed(decode(False), repeats)
             rows.append({"model": model_name, "tokens": n, "batch": batch, "beam": beam_size,
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="tokens to generate")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes for greedy decoding")
     p.add_argument("--beam", type=int, default=4, help="beam size of the extra beam-search row (1: none)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per row (median)")
+    p.add_argument("--repeats", type=int, default=1, help="timed repeats per row (median)")
     p.add_argument("--src-len", type=int, default=32, help="source tokens")
     p.add_argument("--quick", action="store_true", help="64 tokens, batch 1, one repeat")
     p.add_argument("--json", help="also write the rows to this file")

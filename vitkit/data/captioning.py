@@ -74,7 +74,7 @@ def read_captions(json_path: str | os.PathLike, image_dir: str | os.PathLike) ->
     caption (left out, and reported by the caller). Names the file and entry of anything malformed."""
     path = Path(json_path)
     data = _load_json(path, "captions")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise DataError(f"{path}: expected a COCO captions object with 'images' and 'annotations' lists")
     files = {}
     for i, img in enumerate(data["images"]):
@@ -101,7 +101,8 @@ def read_vqa(json_path: str | os.PathLike, image_dir: str | os.PathLike) -> list
     path = Path(json_path)
     data = _load_json(path, "VQA")
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of {{file_name, question, answer}} objects; found {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON list of {{file_name, question, answer}} objects; "
+                        f"found {type(data).__name__}")
     out = []
     for i, row in enumerate(data):
         where = f"{path}: entry {i}"
@@ -178,9 +179,10 @@ class _ImageTextData(pl.LightningDataModule):
         _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
         _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
         _require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
-        if h.train_json is None and Path(h.root).resolve() == Path(SHAPES_ROOT).resolve() and self._shapes_config() != ShapesConfig():
-            raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and detection; "
-                              f"generate {h.shapes_num_train} training scenes under another data.root")
+        shared = Path(h.root).resolve() == Path(SHAPES_ROOT).resolve()
+        if h.train_json is None and shared and self._shapes_config() != ShapesConfig():
+            raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and "
+                              f"detection; generate {h.shapes_num_train} training scenes under another data.root")
         self.guard = LengthGuard(h.long_lines)
         resize = [A.Resize(h.img_size, h.img_size)]
         self.train_transform = build_transforms(h.train_transforms, resize, "data.train_transforms", h.mean, h.std)
@@ -205,8 +207,8 @@ class _ImageTextData(pl.LightningDataModule):
         given = {"train": (h.train_json, h.train_images), "val": (h.val_json, h.val_images),
                  "test": (h.test_json or h.val_json, h.test_images or h.val_images)}[split]
         if given[0] is None:
-            raise ConfigError(f"data.{split}_json is not set; expected the {split} annotation file (with data.train_json "
-                              f"given, every split needs its own file; test falls back to val)")
+            raise ConfigError(f"data.{split}_json is not set; expected the {split} annotation file (with "
+                              f"data.train_json given, every split needs its own file; test falls back to val)")
         return Path(given[0]), Path(given[1] or Path(given[0]).parent)
 
     def prepare_data(self) -> None:
@@ -350,7 +352,8 @@ class CaptioningDataModule(_ImageTextData):
         if split == "predict":
             if self.hparams.predict_dir is None:
                 items = self._split_items("test")
-                return ImageTextDataset([it.path for it in items], [{"path": it.path} for it in items], self.eval_transform)
+                paths = [it.path for it in items]
+                return ImageTextDataset(paths, [{"path": p} for p in paths], self.eval_transform)
             paths = list_images(self.hparams.predict_dir)
             return ImageTextDataset(paths, [{"path": p} for p in paths], self.eval_transform)
         items = self._split_items(split)
@@ -360,8 +363,8 @@ class CaptioningDataModule(_ImageTextData):
             paths = [it.path for it, _ in pairs]
             transform = self.train_transform
         else:
-            rows = [{"tgt": self._encode(it.captions[0], f"{it.path} caption {it.captions[0]!r}"), "refs": list(it.captions),
-                     "image_id": it.image_id, "path": it.path} for it in items]
+            rows = [{"tgt": self._encode(it.captions[0], f"{it.path} caption {it.captions[0]!r}"),
+                     "refs": list(it.captions), "image_id": it.image_id, "path": it.path} for it in items]
             paths, transform = [it.path for it in items], self.eval_transform
         self.guard.report(split)
         return ImageTextDataset(paths, rows, transform)
@@ -454,7 +457,8 @@ class VQADataModule(_ImageTextData):
             raise DataError(f"{path}: expected a non-empty JSON list of {{image, question}} objects")
         out = []
         for i, row in enumerate(data):
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not str(row.get("question", "")).strip():
+            ok = isinstance(row, dict) and isinstance(row.get("image"), str) and str(row.get("question", "")).strip()
+            if not ok:
                 raise DataError(f"{path}: entry {i} needs 'image' (a path) and a non-empty 'question'; found {row!r}")
             image = row["image"] if os.path.isabs(row["image"]) else str(path.parent / row["image"])
             out.append(Question(image, row["image"], row["question"].strip(), (), f"{path}: entry {i}"))

@@ -182,8 +182,8 @@ def read_pairs(path: str | os.PathLike, source_field: str = "source", target_fie
 def _tsv_fields(line: str, where: str) -> tuple[str, str]:
     fields = line.split("\t")
     if len(fields) != 2:
-        raise DataError(f"{where}: found {len(fields)} tab-separated field{'s' if len(fields) != 1 else ''}; expected 2 "
-                        f"(source<TAB>target)")
+        plural = "s" if len(fields) != 1 else ""
+        raise DataError(f"{where}: found {len(fields)} tab-separated field{plural}; expected 2 (source<TAB>target)")
     return fields[0], fields[1]
 
 
@@ -233,7 +233,8 @@ class LengthGuard:
     def report(self, split: str) -> None:
         if self.truncated:
             shown = "; ".join(self.truncated[:5]) + (" ..." if len(self.truncated) > 5 else "")
-            rank_zero_warn(f"{split}: truncated {len(self.truncated)} over-long line(s) to the model's maximum: {shown}")
+            rank_zero_warn(f"{split}: truncated {len(self.truncated)} over-long line(s) to the model's maximum: "
+                           f"{shown}")
             self.truncated = []
 
 
@@ -443,8 +444,9 @@ class Seq2SeqDataModule(pl.LightningDataModule):
 
     def _encode_pairs(self, split: str) -> PairDataset:
         tok, pairs, limit = self.tokenizer, self._split_pairs(split), self.hparams.max_len
-        src = [self.guard(ids, limit, p.where, "source") for ids, p in zip(tok.encode_batch([p.source for p in pairs]), pairs)]
-        tgt = [self.guard(ids, limit - 2, p.where, "target") for ids, p in zip(tok.encode_batch([p.target for p in pairs]), pairs)]
+        src_ids, tgt_ids = tok.encode_batch([p.source for p in pairs]), tok.encode_batch([p.target for p in pairs])
+        src = [self.guard(ids, limit, p.where, "source") for ids, p in zip(src_ids, pairs)]
+        tgt = [self.guard(ids, limit - 2, p.where, "target") for ids, p in zip(tgt_ids, pairs)]
         self.guard.report(split)
         return PairDataset(src, tgt, pairs, tok.bos_id, tok.eos_id)
 

@@ -262,7 +262,8 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
         return hyps
 
     def _log_metrics(self, stage: str, metrics: torch.nn.ModuleDict) -> None:
-        values = {f"{stage}/bleu": metrics["bleu"].compute() * 100, f"{stage}/exact_match": metrics["exact_match"].compute()}
+        values = {f"{stage}/bleu": metrics["bleu"].compute() * 100,
+                  f"{stage}/exact_match": metrics["exact_match"].compute()}
         if "rougeL" in metrics:
             values[f"{stage}/rougeL"] = metrics["rougeL"].compute()["rougeL_fmeasure"]
         self.log_dict(values, prog_bar=stage == "val")
@@ -280,7 +281,8 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         hyps = self._evaluate(batch, "test", self.test_metrics)
-        self._outputs += [{"source": s, "reference": r, "output": h} for s, r, h in zip(batch["source"], batch["target"], hyps)]
+        self._outputs += [{"source": s, "reference": r, "output": h}
+                          for s, r, h in zip(batch["source"], batch["target"], hyps)]
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
@@ -292,7 +294,8 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
         with open(path, "w", newline="") as f:
             w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
             w.writerow(["source", "reference", "output", "exact"])
-            w.writerows([o["source"], o["reference"], o["output"], int(o["output"] == o["reference"])] for o in self._outputs)
+            w.writerows([o["source"], o["reference"], o["output"], int(o["output"] == o["reference"])]
+                        for o in self._outputs)
         log.info("test outputs written to %s", path)
 
     # -- prediction --
@@ -484,9 +487,11 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
 
     # -- evaluation --
     def _evaluate(self, batch: dict, stage: str) -> list[str]:
-        self.log(f"{stage}/loss", self.loss(batch), prog_bar=stage == "val", batch_size=len(batch["images"]), sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(batch), prog_bar=stage == "val", batch_size=len(batch["images"]),
+                 sync_dist=True)
         hyps = self.caption(batch["images"])
-        self._rows += [{"image_id": i, "caption": h, "refs": r} for i, h, r in zip(batch["image_id"], hyps, batch["refs"])]
+        self._rows += [{"image_id": i, "caption": h, "refs": r}
+                       for i, h, r in zip(batch["image_id"], hyps, batch["refs"])]
         return hyps
 
     def _log_scores(self, stage: str) -> dict[str, float]:
