@@ -103,8 +103,12 @@ def search_cpu(name: str, checkpointing: bool, precision: str, ram_gib: float, s
     record = {"model": name, "checkpointing": checkpointing, "precision": precision, "ram_gib": ram_gib,
               "fixed_gib": fixed, "per_image_gib": per_image, "max_batch_predicted": predicted,
               "probes": {b1: m1, b2: m2}}
+    print(json.dumps(record), flush=True)
     if verify:
-        record["verified_peak_gib"] = probe_cpu(name, checkpointing, predicted, precision)
+        try:
+            record["verified_peak_gib"] = probe_cpu(name, checkpointing, predicted, precision)
+        except subprocess.CalledProcessError as err:  # the kernel's OOM killer: the budget was not free here
+            record["verified_peak_gib"] = f"failed: {err.returncode} (memory in use by others: budget not free)"
     record["search_s"] = time.perf_counter() - start
     return record
 
@@ -127,9 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     for checkpointing in (False, True):
         if device.type == "cuda":
             rec = search_cuda(args.model, checkpointing, device, precision, args.granularity, args.cap)
-        else:
+            print(json.dumps(rec), flush=True)
+        else:  # prints its record itself, before the (long) verification step
             rec = search_cpu(args.model, checkpointing, precision, args.ram_gib, tuple(args.small), args.verify)
-        print(json.dumps(rec), flush=True)
         records.append(rec)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "vitkit": vitkit.__version__}
