@@ -44,7 +44,8 @@ def caption(sub: str, tmp: Path, shapes: Path, *extra: str) -> None:
 
 def vqa(sub: str, tmp: Path, shapes: Path, *extra: str) -> None:
     main([sub, "--config", str(ROOT / "configs/captioning/shapes_vqa.yaml"), "--trainer.default_root_dir", str(tmp),
-          *data_args(shapes, "vqa"), *ENCODER, "--model.init_args.fusion_kwargs", SMALL, *extra])
+          *data_args(shapes, "vqa"), *ENCODER, "--model.init_args.fusion_kwargs", SMALL,
+          "--model.init_args.pretrained", "null", *extra])
 
 
 FIT = ["--trainer.max_steps", "40", "--trainer.max_epochs", "-1", "--trainer.log_every_n_steps", "2",
