@@ -1,6 +1,6 @@
 """From-scratch segmentation on the embedded shapes scenes, run exactly as `python train.py fit --config
 configs/segmentation/shapes_segmenter.yaml` would (fit, then test of the best checkpoint), timed end to end
-(data generation, training, test). Prints a table and checks the README's claim: test mIoU >= 0.75 within
+(data generation, training, test), then `train.py test --ckpt_path <best>` again in a fresh run. Prints a table and checks the README's claim: test mIoU >= 0.75 within
 10 minutes of wall time on a CPU.
 
     python benchmarks/segmentation_shapes.py                      # the README config, seed 0
@@ -44,11 +44,22 @@ def run(config: Path, seed: int, runs: Path, extra: list[str]) -> dict:
     val = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
     with open(run_dir / "per_class_iou.csv") as f:
         per_class = {r["class"]: float(r["iou"]) for r in csv.DictReader(f) if r["index"]}
+    retest = retest_mIoU(config, seed, runs, name, run_dir, extra)
     return {
-        "seed": seed, "wall_s": round(wall, 1), "epochs": len(val), "best_val_mIoU": round(max(val), 4),
+        "seed": seed, "wall_s": round(wall, 1), "epochs": len(val), "best_val_mIoU": round(max(val), 4), "retest_mIoU": retest,
         "test_mIoU": round(float(test["test/mIoU"]), 4), "test_pixel_acc": round(float(test["test/pixel_acc"]), 4),
         "test_mAcc": round(float(test["test/mAcc"]), 4), "per_class_iou": per_class, "run_dir": str(run_dir),
     }
+
+
+def retest_mIoU(config: Path, seed: int, runs: Path, name: str, run_dir: Path, extra: list[str]) -> float:
+    """`train.py test --ckpt_path <best checkpoint>` in a fresh run folder: the test mIoU it logs."""
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    cli_main(["test", "--config", str(config), "--seed_everything", str(seed), "--run_name", f"{name}_retest",
+              "--trainer.default_root_dir", str(runs), "--ckpt_path", str(best), *extra])
+    retest_dir = sorted((runs / f"{name}_retest").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    with open(retest_dir / "metrics.csv") as f:
+        return round(float(next(r for r in csv.DictReader(f) if r.get("test/mIoU"))["test/mIoU"]), 4)
 
 
 def main() -> None:
@@ -64,12 +75,13 @@ def main() -> None:
 
     print(f"\n{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}  "
           f"(torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})")
-    print("| seed | epochs | wall (fit + test) | best val mIoU | test mIoU | test pixel acc | " + " | ".join(results[0]["per_class_iou"]) + " |")
-    print("|---" * (6 + len(results[0]["per_class_iou"])) + "|")
+    print("| seed | epochs | wall (fit + test) | best val mIoU | test mIoU | `test --ckpt_path` mIoU | test pixel acc | "
+          + " | ".join(results[0]["per_class_iou"]) + " |")
+    print("|---" * (7 + len(results[0]["per_class_iou"])) + "|")
     for r in results:
         ious = " | ".join(f"{v:.3f}" for v in r["per_class_iou"].values())
         print(f"| {r['seed']} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | {r['best_val_mIoU']:.3f} | {r['test_mIoU']:.3f} | "
-              f"{r['test_pixel_acc']:.3f} | {ious} |")
+              f"{r['retest_mIoU']:.3f} | {r['test_pixel_acc']:.3f} | {ious} |")
     ok = all(r["test_mIoU"] >= TARGET_MIOU and r["wall_s"] <= TARGET_SECONDS for r in results)
     print(f"\ntarget: test mIoU >= {TARGET_MIOU} within {TARGET_SECONDS // 60} min -> {'MET' if ok else 'NOT MET'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
