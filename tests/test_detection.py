@@ -305,6 +305,26 @@ def test_coco_table_reads_like_pycocotools():
     assert lines[6] == " Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ] = 0.100"
 
 
+def test_weight_ema_is_used_for_evaluation_and_checkpointed(trained, tmp_path):
+    _, dm, _, _ = trained
+    task = ObjectDetector(num_classes=4, img_size=32, model_kwargs=TINY_DETR, lr=1e-3, ema_decay=0.9)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(task, datamodule=dm)
+    live, ema = dict(task.model.named_parameters()), dict(task.ema.module.named_parameters())
+    assert not torch.equal(live["head.class_embed.weight"], ema["head.class_embed.weight"])
+    x = torch.randn(1, 3, 32, 32)
+    task.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(task(x)["pred_logits"], task.ema.module(x)["pred_logits"])
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")
+    restored = ObjectDetector.load_from_checkpoint(tmp_path / "ema.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x)["pred_logits"], task(x)["pred_logits"])
+    with pytest.raises(ConfigError, match="ema_decay=1.5"):
+        ObjectDetector(model_kwargs=TINY_DETR, ema_decay=1.5)
+
+
 def test_task_refuses_a_classifier_and_wrong_class_names():
     with pytest.raises(ConfigError, match="is not a detector; expected one of"):
         ObjectDetector("vit_nano_patch4_32", num_classes=3)

@@ -234,6 +234,9 @@ class ObjectDetector(pl.LightningModule):
         cost_class, cost_bbox, cost_giou: Hungarian matching costs (DETR: 1, 5, 2).
         ce_weight, bbox_weight, giou_weight: loss weights (DETR: 1, 5, 2).
         eos_coef: weight of the "no object" class in the CE loss (DETR: 0.1).
+        ema_decay: keep an exponential moving average of the weights (timm ModelEmaV3, decay warmed up from 0
+            over the first steps; None: off); validation, test and predict use it, checkpoints store it under
+            `ema_state_dict`. Short schedules gain most from it.
         top_k: detections kept per image (COCO evaluates at most 100).
         score_threshold: detections at or below this score are dropped before evaluation and export.
         display_threshold: minimum score of the boxes drawn and written by `predict`.
@@ -264,6 +267,7 @@ class ObjectDetector(pl.LightningModule):
         bbox_weight: float = 5.0,
         giou_weight: float = 2.0,
         eos_coef: float = 0.1,
+        ema_decay: float | None = None,
         top_k: int = 100,
         score_threshold: float = 0.0,
         display_threshold: float = 0.3,
@@ -294,14 +298,51 @@ class ObjectDetector(pl.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.criterion = SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), eos_coef,
                                       ce_weight, bbox_weight, giou_weight)
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"model.ema_decay={ema_decay}: expected a value in [0, 1), e.g. 0.999")
+        # kept out of the module tree (state_dict, parameters(), summary): see on_save_checkpoint and _apply
+        self.__dict__["ema"] = _build_ema(self.model, ema_decay) if ema_decay is not None else None
+        self._ema_step = -1
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self._results: list[dict] = []
         self._drawn: list[tuple] = []
         self._predictions: list[dict] = []
 
+    @property
+    def net(self) -> nn.Module:
+        """The weights a forward uses: the live model in training, the EMA copy (when on) in eval mode."""
+        return self.ema.module if self.ema is not None and not self.training else self.model
+
     def forward(self, images: torch.Tensor, targets: list[Target] | None = None) -> dict:
-        return self.model(images, targets)
+        return self.net(images, targets)
+
+    # -- weight EMA, outside the module tree (as ImageClassifier's) --
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.trainer.global_step  # optimiser steps, so gradient accumulation is respected
+        if self.ema is not None and step != self._ema_step:
+            self.ema.update(self.model, step=step)
+            self._ema_step = step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.module.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the EMA; a checkpoint saved without one starts the EMA from its live weights."""
+        if self.ema is None:
+            return
+        state = checkpoint.get("ema_state_dict")
+        if state is None:
+            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.ema.module.load_state_dict(state)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Device/dtype moves reach the EMA copy, which is not a registered child."""
+        super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("ema") is not None:
+            self.ema._apply(fn, *args, **kwargs)
+        return self
 
     # -- training --
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -457,6 +498,14 @@ class ObjectDetector(pl.LightningModule):
                 groups.setdefault(key, []).append(p)
         return [{"params": ps, "lr": hp.lr * (hp.encoder_lr_scale if enc else 1.0), "weight_decay": hp.weight_decay if decay else 0.0}
                 for (enc, decay), ps in groups.items()]
+
+
+def _build_ema(model: nn.Module, decay: float):
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=decay, use_warmup=True)  # decay ramps up: the average does not start from init
+    ema.requires_grad_(False)
+    return ema
 
 
 def _eval_target(t: Target) -> dict[str, torch.Tensor]:
