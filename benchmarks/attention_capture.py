@@ -8,7 +8,8 @@ What it measures. For each model config, three variants share one set of weights
 - `on`: inside `vitkit.nn.capture_attention(model)`: explicit softmax attention, weights kept per layer.
 
 First the outputs are compared: `off` must equal `plain` exactly and `on` must match within float
-rounding (the script stops otherwise). Then per mode (`infer`: `eval()`, forward under `inference_mode`;
+rounding (the script stops otherwise), and the ATen ops of one forward of `off` and `plain` are recorded
+with torch.profiler and compared (same ops, same order: capture off adds no tensor work at all). Then per mode (`infer`: `eval()`, forward under `inference_mode`;
 `train`: forward, cross-entropy, backward) the variants are timed interleaved: in each of `--rounds` rounds
 each variant runs `--steps` timed steps, in an order that rotates every round, so a noisy machine's drift
 falls on all three alike. Reported: the median ms per batch of each, and off÷plain and on÷off as the median
@@ -85,6 +86,15 @@ def check_outputs(models: dict, x: torch.Tensor) -> tuple[float, float, int]:
     return d_off, d_on, held
 
 
+def aten_ops(model: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """The ATen ops one inference forward runs, in order (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
 def step_fn(models: dict, variant: str, mode: str, x: torch.Tensor, y: torch.Tensor):
     model = models[variant]
 
@@ -142,19 +152,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
-    print("| model | img | batch | mode | plain ms | off ms | on ms | off÷plain (min–max) | on÷off (min–max) "
-          "| on − off output | captured weights |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for name, img, batch in CONFIGS["quick" if args.quick else "default"]:
         models = build(name, img)
         x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
         _, d_on, held = check_outputs(models, x)
+        ops_plain, ops_off = aten_ops(models["plain"], x[:2]), aten_ops(models["off"], x[:2])
+        same = "the same" if ops_plain == ops_off else "DIFFERENT"
+        print(f"{name}: capture off runs {same} {len(ops_off)} ATen ops per forward as the model without hooks "
+              f"({len(ops_plain)}); outputs: off == plain exactly, max |on - off| = {d_on:.1e}", flush=True)
         for mode in args.modes:
             t = time_modes(models, mode, x, y, args.rounds, args.steps, args.warmup)
             ms = {v: 1000 * statistics.median(t[v]) for v in VARIANTS}
-            print(f"| {name} | {img} | {batch} | {mode} | {ms['plain']:.1f} | {ms['off']:.1f} | {ms['on']:.1f} | "
-                  f"{ratio(t, 'off', 'plain')} | {ratio(t, 'on', 'off')} | {d_on:.1e} | {held / 2**20:.1f} MiB |", flush=True)
-
+            rows.append(f"| {name} | {img} | {batch} | {mode} | {ms['plain']:.1f} | {ms['off']:.1f} | {ms['on']:.1f} | "
+                        f"{ratio(t, 'off', 'plain')} | {ratio(t, 'on', 'off')} | {held / 2**20:.1f} MiB |")
+            print(rows[-1], flush=True)
+    print("\n| model | img | batch | mode | plain ms | off ms | on ms | off÷plain (min–max) | on÷off (min–max) "
+          "| weights held when on |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 if __name__ == "__main__":
     main()
