@@ -49,7 +49,7 @@ def trained() -> tuple[Seq2SeqTransformer, list[float]]:
     model = tiny()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(250):
+    for _ in range(150):
         loss = seq_loss(model, *reverse_batch(gen))
         opt.zero_grad()
         loss.backward()
