@@ -3,9 +3,9 @@
 
     translation  configs/text/numbers_tiny.yaml          test/exact_match >= 0.95 in <= 10 min; report test/bleu
     captions     configs/captioning/shapes_captions.yaml test/bleu4 >= 0.5 (and test/cider)
-    vqa          configs/captioning/shapes_vqa.yaml      test/vqa_acc >= 0.90
+    vqa          configs/captioning/shapes_vqa.yaml      test/vqa_acc >= 0.90 (encoder: the captions run's)
 
-    python benchmarks/text_tasks.py                        # all three
+    python benchmarks/text_tasks.py                        # all three (captions before vqa, which starts from it)
     python benchmarks/text_tasks.py --tasks translation    # one of them
     python benchmarks/text_tasks.py --tasks translation --extra --trainer.max_steps 500   # a shorter variant
 
@@ -43,10 +43,18 @@ def test_metrics(run: Path) -> dict[str, float]:
     return {k: float(v) for r in rows for k, v in r.items() if k and k.startswith("test/") and v}
 
 
+def start_from(task: str, root: Path) -> list[str]:
+    """VQA starts from the captioner's encoder (as its config does): the newest captions run under `root`."""
+    if task != "vqa":
+        return []
+    ckpt = newest_run(root, "shapes_captions") / "checkpoints" / "last.ckpt"
+    return ["--model.init_args.pretrained", str(ckpt)]
+
+
 def run_task(task: str, root: Path, extra: list[str]) -> dict:
     config, targets, also, limit_s = TASKS[task]
     cmd = [sys.executable, "train.py", "fit", "--config", config, "--trainer.default_root_dir", str(root),
-           "--trainer.enable_progress_bar", "false", *extra]
+           "--trainer.enable_progress_bar", "false", *start_from(task, root), *extra]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
