@@ -123,3 +123,19 @@ def test_a_checkpoint_alone_translates_from_python(fitted):
     outputs = task.translate(["twenty-one", "1999-03-04"])
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
     assert task.tokenizer.fingerprint == TextTokenizer.from_file(fitted / "tokenizer.json").fingerprint
+
+
+def test_summarisation_on_jsonl_files_reports_rouge_l(tmp_path):
+    rows = [{"article": f"the {w} cat sat on the {w} mat all day", "summary": f"{w} cat"} for w in
+            ("red", "blue", "green", "black", "white", "grey", "brown", "pink")]
+    for name, part in (("train", rows[:6]), ("val", rows[6:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    run("fit", tmp_path, tmp_path / "none", "--data.init_args.train_file", str(tmp_path / "train.jsonl"),
+        "--data.init_args.val_file", str(tmp_path / "val.jsonl"), "--data.init_args.source_field", "article",
+        "--data.init_args.target_field", "summary", "--data.init_args.vocab_size", "300", "--model.init_args.rouge",
+        "true", "--model.init_args.monitor_metric", "rougeL", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--test_after_fit", "true")
+    with open(tmp_path / "runs" / "numbers_tiny" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    test_rouge = [float(r["test/rougeL"]) for r in rows if r.get("test/rougeL")]
+    assert any(r.get("val/rougeL") for r in rows) and len(test_rouge) == 1 and 0.0 <= test_rouge[0] <= 1.0
