@@ -155,9 +155,9 @@ def test_eval_resize_scores_at_mask_resolution():
 
 # --------------------------------------------------------------------------- models and heads
 @pytest.mark.parametrize("head", ["linear", "mask_transformer", "conv"])
-@pytest.mark.parametrize("encoder", ["vit", "timm:vit_tiny_patch16_224"])
+@pytest.mark.parametrize("encoder", ["vit", "vit_small_patch16_224", "timm:vit_tiny_patch16_224"])
 def test_every_head_on_vitkit_and_timm_encoders(head, encoder):
-    enc = {**TINY_ENCODER, "patch_size": 8}
+    enc = {"depth": 1} if encoder == "vit_small_patch16_224" else {**TINY_ENCODER, "patch_size": 8}
     head_kwargs = {"depth": 1} if head == "mask_transformer" else {"channels": 16} if head == "conv" else {}
     model = create_segmenter("segmenter_vit_tiny_patch8_64", num_classes=4, img_size=32, head=head, encoder=encoder,
                              encoder_kwargs=enc, head_kwargs=head_kwargs)
@@ -167,6 +167,22 @@ def test_every_head_on_vitkit_and_timm_encoders(head, encoder):
     F.cross_entropy(logits, torch.randint(0, 4, (2, 32, 32))).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not no_grad, f"no gradient reaches {no_grad}"
+
+
+@pytest.mark.parametrize("encoder", ["vit_tiny_patch16_224", "timm:vit_tiny_patch16_224"])
+def test_encoder_weights_from_a_timm_checkpoint_file(encoder, tmp_path):
+    """`pretrained` fills the encoder from a timm ViT file (position embeddings resampled 14x14 -> 2x2); the
+    head stays freshly initialised."""
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    model = create_segmenter("segmenter_vit_tiny_patch16_512", num_classes=3, img_size=32, encoder=encoder, head="linear",
+                             encoder_kwargs={"depth": 1}, pretrained=str(tmp_path / "vit.pth"))
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(model.encoder.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    assert model.encoder.pos_embed.shape == (1, 1 + 4, 192)
 
 
 def test_layer_decay_keeps_the_head_at_full_lr_and_no_decay_on_class_embeddings():
