@@ -25,7 +25,8 @@ from vitkit.tasks.matcher import HungarianMatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = "configs/detection/shapes_detr_nano.yaml"
-TINY_DETR = {"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 2, "num_queries": 8}
+TINY_DETR = {"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 2, "num_queries": 8,
+             "pos_embed": "learn"}
 TINY_SHAPES = {"img_size": 32, "min_shapes": 0, "max_shapes": 2, "min_size": 8, "max_size": 14,
                "num_train": 64, "num_val": 12, "num_test": 8}
 
@@ -341,7 +342,7 @@ def test_encoder_gets_its_own_learning_rate():
             n = names[id(p)]
             assert g["lr"] == pytest.approx(1e-4 if n.startswith("encoder.") else 1e-3), n
             assert (g["weight_decay"] == 0) == (p.ndim <= 1 or n.endswith(("pos_embed", "cls_token"))), n
-    assert sum(len(g["params"]) for g in groups) == len(names)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in task.model.parameters())
 
 
 # --------------------------------------------------------------------------- command line
@@ -355,6 +356,7 @@ def cli(sub: str, root: Path, *extra: str) -> None:
 
 def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
     cli("fit", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.check_val_every_n_epoch", "1",
         "--trainer.log_every_n_steps", "1", "--test_after_fit", "false")
     run = tmp_path / "runs/shapes_detr_nano/version_0"
     with open(run / "metrics.csv") as f:
