@@ -435,13 +435,13 @@ class ObjectDetector(pl.LightningModule):
         images, targets = batch
         preds = self.predict_boxes(self(images), targets, images.shape[-1])
         self._keep_for_drawing(targets, preds, with_gt=False)
-        thr = self.display_threshold
+        thr, category_ids = self.display_threshold, self._category_ids()
         rows = []
         for t, p in zip(targets, preds):
             keep = p["scores"] >= thr
             xywh = box_convert(p["boxes"][keep].cpu(), "xyxy", "xywh").tolist()
             rows.append({"path": t["path"], "detections": [
-                {"label": self.class_names[c], "category_id": self._category_ids()[c], "score": round(s, 5),
+                {"label": self.class_names[c], "category_id": category_ids[c], "score": round(s, 5),
                  "bbox": [round(v, 2) for v in b]}
                 for b, s, c in zip(xywh, p["scores"][keep].tolist(), p["labels"][keep].tolist())]})
         self._predictions += rows
