@@ -3,7 +3,6 @@ on their objects, degenerate boxes in one warning, and errors that name the file
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +180,7 @@ def test_unknown_category_id_names_the_file_and_record(tmp_path):
 def test_malformed_json_names_the_file_line_and_column(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations/instances_val.json").write_text('{"images": [],\n "annotations": [}')
-    with pytest.raises(DataError, match=r"instances_val\.json: malformed JSON .* line 2, column 18"):
+    with pytest.raises(DataError, match=r"instances_val\.json: invalid JSON .* line 2, column 18"):
         DetectionDataModule("coco", root=str(tmp_path), splits={"val": "val"})
 
 

@@ -192,14 +192,6 @@ def run_all(work: Path) -> list[dict]:
 READERS = ["image_png", "image_jpeg", "mask_png", "coco_json", "voc_annotation_xml", "voc_split_txt", "text_tsv",
            "text_jsonl", "tokenizer_json", "captions_json", "vqa_json", "class_names_txt", "weights_pth",
            "weights_safetensors", "checkpoint_ckpt", "mnist_idx"]
-# Readers that still let another exception out, in files of other areas (strict: this test fails once fixed,
-# so that the entry is removed).
-KNOWN = {
-    "voc_split_txt": "vitkit/data/detection.py read_voc: `open(split_file)` lets UnicodeDecodeError out; an empty list reads as 0 images",
-    "captions_json": "vitkit/data/captioning.py _load_json: read_text(encoding='utf-8') lets UnicodeDecodeError out",
-    "vqa_json": "vitkit/data/captioning.py _load_json: read_text(encoding='utf-8') lets UnicodeDecodeError out",
-    "class_names_txt": "vitkit/data/segmentation.py read_class_names: open(encoding='utf-8') lets UnicodeDecodeError out",
-}
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +212,7 @@ def fuzz_results(tmp_path_factory) -> dict[str, list[dict]]:
     return by_reader
 
 
-@pytest.mark.parametrize("reader", [pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=KNOWN[r])) if r in KNOWN else r
-                                    for r in READERS])
+@pytest.mark.parametrize("reader", READERS)
 def test_reader_fails_cleanly_on_random_truncated_and_empty_files(fuzz_results, reader):
     bad = []
     for r in fuzz_results[reader]:

@@ -10,7 +10,6 @@ Images are resized to `img_size` with no flips by default (shapes captions name 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -21,12 +20,13 @@ from pathlib import Path
 from typing import Literal
 
 import albumentations as A
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError
+from .files import read_json
 from .images import list_images, load_rgb
+from .loading import SplitDataModule, make_loader
 from .shapes import DEFAULT_ROOT as SHAPES_ROOT
 from .shapes import ShapesConfig, generate_shapes
 from .text import LengthGuard, LongLines, TextTokenizer, adopt_tokenizer, pad_batch
@@ -63,10 +63,7 @@ class Question:
 def _load_json(path: Path, what: str):
     if not path.is_file():
         raise DatasetNotFoundError(f"{what} file {path} not found; expected a JSON file (see datasets/README.md)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg})") from err
+    return read_json(path, f"a {what} JSON file (see datasets/README.md)")
 
 
 def read_captions(json_path: str | os.PathLike, image_dir: str | os.PathLike) -> tuple[list[CaptionedImage], int]:
@@ -168,7 +165,7 @@ class ImageTextCollate:
 
 
 # ------------------------------------------------------------------------------------------ shared set-up
-class _ImageTextData(pl.LightningDataModule):
+class _ImageTextData(SplitDataModule):
     """What the captioning and VQA data modules share: split sources (the shapes scenes or given files), the
     tokenizer (trained, loaded, or restored from a checkpoint), image transforms and loaders."""
 
@@ -255,22 +252,8 @@ class _ImageTextData(pl.LightningDataModule):
         return self._datasets[split]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          collate_fn=ImageTextCollate(self.tokenizer.pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return make_loader(self._dataset(split), self.hparams.batch_size, shuffle=shuffle,
+                           num_workers=self.hparams.num_workers, collate_fn=ImageTextCollate(self.tokenizer.pad_id))
 
 
 _COMMON_ARGS_DOC = """

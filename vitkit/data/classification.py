@@ -10,19 +10,19 @@ from typing import Literal, get_args
 
 import albumentations as A
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torchvision
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError
 
 from .images import list_images, load_rgb, scan_images
-from .transforms import DEFAULT_TRANSFORMS, AutoAugment, auto_augment_step, build_transforms, seed_transform
+from .loading import SplitDataModule, make_loader
+from .transforms import DEFAULT_TRANSFORMS, AutoAugment, auto_augment_step, build_transforms
 
 log = logging.getLogger("vitkit")
 
@@ -119,7 +119,7 @@ class FileDataset(Dataset):
         return tensor, path if self.with_paths else label
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(SplitDataModule):
     """Image classification data with seeded splits, albumentations pipelines and readable errors.
 
     Batches of the train/val/test loaders are `(images, labels)`: float32 (B, 3, img_size, img_size)
@@ -232,33 +232,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self._prepare((split,))
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
     def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        dataset = self.get_dataset(split)
-        workers = self.hparams.num_workers
-        if workers == 0:  # workers are reseeded in _seed_worker; here seed from torch so seed_everything applies
-            seed_transform(dataset.transform, seed=int(torch.randint(2**31, ())))
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_seed_worker if workers > 0 else None,
-            collate_fn=_collate_named if split == "predict" else None,
-        )
+        return make_loader(self.get_dataset(split), self.hparams.batch_size, shuffle=shuffle,
+                           num_workers=self.hparams.num_workers, collate_fn=_collate_named if split == "predict" else None)
 
     def _prepare(self, splits: Sequence[str]) -> None:
         n_skipped = len(self.skipped)
@@ -490,12 +466,6 @@ def _collate_named(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor,
     """Predict batches: images (B, 3, H, W) and a list of B names (default_collate would give a tuple)."""
     images, names = zip(*batch)
     return torch.stack(images), list(names)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: give each worker's copy of the pipeline its own random stream."""
-    info = get_worker_info()
-    seed_transform(info.dataset.transform, seed=info.seed % 2**32)
 
 
 @rank_zero_only

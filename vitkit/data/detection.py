@@ -19,15 +19,16 @@ from typing import Any, Literal, get_args
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError
+from .files import read_json, read_text
 from .images import list_images, load_rgb
+from .loading import SplitDataModule, make_loader
 from .shapes import SHAPES, ShapesConfig, generate_shapes
-from .transforms import make_transform, seed_transform
+from .transforms import make_transform
 
 log = logging.getLogger("vitkit")
 
@@ -105,17 +106,9 @@ def fix_box(box: Sequence[float], width: int, height: int, fixes: BoxFixes, wher
 
 # ---------------------------------------------------------------------------------------------- COCO
 def load_json(path: str) -> Any:
-    """json.load with a DataError naming the file, line and column when it is not valid JSON."""
-    if not os.path.isfile(path):
-        raise DatasetNotFoundError(f"{path}: annotation file not found; expected a COCO-format instances JSON")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                        f"expected a COCO instances file with 'images', 'annotations' and 'categories'") from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text file ({err}); expected a COCO instances JSON") from err
+    """The parsed annotation file; an error naming the file (and line and column) when it is missing, not
+    UTF-8 or not valid JSON."""
+    return read_json(path, "a COCO-format instances JSON with 'images', 'annotations' and 'categories'")
 
 
 def coco_categories(data: Any, path: str) -> list[tuple[int, str]]:
@@ -221,20 +214,24 @@ def read_voc(root: str, split_file: str, class_names: Sequence[str]) -> tuple[li
     if not os.path.isfile(split_file):
         raise DatasetNotFoundError(f"{split_file}: split list not found; expected a VOC ImageSets/Main/<split>.txt "
                                    f"under {root} (data.root)")
-    with open(split_file) as f:
-        names = [line.split()[0] for line in f if line.strip()]
+    lines = read_text(split_file, "a VOC split list with one image id per line").splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
+    if not names:
+        raise DataError(f"{split_file}: no image ids; expected a VOC split list with one image id per line")
     label_of = {n: i for i, n in enumerate(class_names)}
     fixes, records = BoxFixes(), []
     for index, name in enumerate(names):
-        records.append(_voc_record(root, name, index, label_of, fixes))
+        records.append(_voc_record(root, name, index, label_of, fixes, split_file))
     _check_files(records, split_file)
     return records, fixes
 
 
-def _voc_record(root: str, name: str, index: int, label_of: dict[str, int], fixes: BoxFixes) -> DetectionRecord:
+def _voc_record(root: str, name: str, index: int, label_of: dict[str, int], fixes: BoxFixes,
+                split_file: str) -> DetectionRecord:
     xml = os.path.join(root, "Annotations", f"{name}.xml")
     if not os.path.isfile(xml):
-        raise DatasetNotFoundError(f"{xml}: annotation of image '{name}' not found; expected Annotations/<id>.xml")
+        raise DatasetNotFoundError(f"{xml}: annotation of image '{name}' (listed in {split_file}) not found; "
+                                   f"expected Annotations/<id>.xml")
     try:
         tree = ET.parse(xml).getroot()
         width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
@@ -341,14 +338,8 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
     return torch.stack(images), list(targets)
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = get_worker_info()
-    if info.dataset.transform is not None:
-        seed_transform(info.dataset.transform, seed=info.seed % 2**32)
-
-
 # ---------------------------------------------------------------------------------------------- data module
-class DetectionDataModule(pl.LightningDataModule):
+class DetectionDataModule(SplitDataModule):
     """Object detection data with COCO-style evaluation targets and readable errors.
 
     Args:
@@ -446,27 +437,10 @@ class DetectionDataModule(pl.LightningDataModule):
         self._prepare((split,))
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
     def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        dataset, workers = self.get_dataset(split), self.hparams.num_workers
-        if workers == 0 and dataset.transform is not None:
-            seed_transform(dataset.transform, seed=int(torch.randint(2**31, ())))
-        return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), collate_fn=collate_detection,
-            worker_init_fn=_seed_worker if workers > 0 else None, drop_last=shuffle and len(dataset) > self.hparams.batch_size,
-        )
+        dataset, h = self.get_dataset(split), self.hparams
+        return make_loader(dataset, h.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > h.batch_size,
+                           num_workers=h.num_workers, collate_fn=collate_detection)
 
     # -- reading --
     def _path(self, pattern: str, split_name: str) -> str:

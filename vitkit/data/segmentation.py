@@ -14,18 +14,19 @@ from typing import Literal, get_args
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ConfigError, CorruptImageError, DataError, DatasetNotFoundError
+from .files import read_text
 from .images import list_images, load_rgb
+from .loading import SplitDataModule, make_loader
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import ShapesConfig, generate_shapes
-from .transforms import build_transforms, seed_transform
+from .transforms import build_transforms
 
 log = logging.getLogger("vitkit")
 
@@ -207,8 +208,8 @@ def read_class_names(path: str) -> list[str]:
     """One class name per line (index = line number, 0-based); blank lines at the end are dropped."""
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"{path}: class list not found; expected a text file with one class name per line (line i = class index i)")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f.read().rstrip("\n").splitlines()]
+    text = read_text(path, "a text file with one class name per line (line i = class index i)")
+    names = [line.strip() for line in text.rstrip("\n").splitlines()]
     if not names or any(not n for n in names):
         raise DataError(f"{path}: found {len(names)} line(s), some empty; expected one non-empty class name per line")
     if len(names) > 255:
@@ -237,7 +238,7 @@ def segmentation_transforms(img_size: int, train: bool, scale_range: Sequence[fl
 
 
 # ---------------------------------------------------------------------------------------------- the data module
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(SplitDataModule):
     """Semantic-segmentation data with joint image+mask augmentation and readable errors.
 
     Train batches are dicts: ``image`` float32 (B, 3, img_size, img_size) normalised with `mean`/`std`,
@@ -359,35 +360,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._datasets[split] = self._build(split)
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
     def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        dataset = self.get_dataset(split)
-        workers = self.hparams.num_workers
-        if workers == 0:  # workers reseed in _seed_worker; here seed from torch so seed_everything applies
-            seed_transform(dataset.transform, seed=int(torch.randint(2**31, ())))
-        h = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=h.batch_size if split == "train" else (h.eval_batch_size or h.batch_size),
-            shuffle=shuffle,
-            drop_last=split == "train" and len(dataset) > h.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_seed_worker if workers > 0 else None,
-            collate_fn=collate_segmentation,
-        )
+        dataset, h = self.get_dataset(split), self.hparams
+        return make_loader(dataset, h.batch_size if split == "train" else (h.eval_batch_size or h.batch_size),
+                           shuffle=shuffle, drop_last=split == "train" and len(dataset) > h.batch_size,
+                           num_workers=h.num_workers, collate_fn=collate_segmentation)
 
     # -- building the splits --
     def _build(self, split: str) -> Dataset:
@@ -514,7 +491,3 @@ def _shapes_config(overrides: dict | None) -> ShapesConfig:
     return ShapesConfig(**(overrides or {}))
 
 
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: give each worker's copy of the pipeline its own random stream."""
-    info = get_worker_info()
-    seed_transform(info.dataset.transform, seed=info.seed % 2**32)

@@ -2,8 +2,8 @@
 files with line-numbered errors, and the LightningDataModule of the sequence-to-sequence tasks (translation,
 summarisation), whose embedded default is the numbers/dates task of `vitkit.data.numbers`.
 
-Long lines: a line with more tokens than the model takes (`max_len`; the target gets `max_len - 1`, leaving
-room for BOS/EOS) is an error naming the file and line, unless `long_lines="truncate"`, which cuts it and
+Long lines: a line with more tokens than the model takes (`max_len`; the target gets `max_len - 2`, leaving
+room for BOS and EOS) is an error naming the file and line, unless `long_lines="truncate"`, which cuts it and
 reports how many were cut. Empty lines and empty fields are errors in data files; in `predict` input an
 empty line gets an empty output line (counted in a warning) so outputs stay aligned with inputs.
 """
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
+from .files import read_text
+from .loading import SplitDataModule, make_loader
 from .numbers import DEFAULT_ROOT as NUMBERS_ROOT
 from .numbers import NumbersConfig, generate_numbers
 
@@ -154,15 +155,12 @@ class TextPair:
 
 def read_pairs(path: str | os.PathLike, source_field: str = "source", target_field: str = "target") -> list[TextPair]:
     """(source, target) pairs from a `.tsv` (source<TAB>target per line) or `.jsonl` file (one JSON object
-    per line with `source_field` and `target_field`). Any other extension is read as TSV. An empty line, a
+    per line with `source_field` and `target_field`; `.json` is read the same way). Any other extension is read as TSV. An empty line, a
     row with another number of fields, an empty field or invalid JSON is an error naming the line."""
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"text file {path} not found; expected a .tsv (source<TAB>target) or .jsonl file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err}); expected UTF-8 encoded lines") from err
+    lines = read_text(path, "UTF-8 lines of source<TAB>target (.tsv) or JSON objects (.jsonl)").splitlines()
     jsonl = path.suffix.lower() in (".jsonl", ".json")
     pairs = []
     for number, line in enumerate(lines, start=1):
@@ -203,14 +201,13 @@ def _json_fields(line: str, where: str, source_field: str, target_field: str) ->
 
 
 def read_lines(path: str) -> list[str]:
-    """Lines to predict on, from a file or, for "-", from standard input (trailing whitespace stripped)."""
+    """Lines to predict on (line endings removed), from a UTF-8 file or, for "-", from standard input."""
     if path == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin.read().splitlines()]
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetNotFoundError(f"data.predict_file {p} not found; expected a text file with one input per line, "
+        return sys.stdin.read().splitlines()
+    if not Path(path).is_file():
+        raise DatasetNotFoundError(f"data.predict_file {path} not found; expected a text file with one input per line, "
                                    f"or '-' to read standard input")
-    return p.read_text(encoding="utf-8").splitlines()
+    return read_text(path, "data.predict_file: UTF-8 text with one input per line").splitlines()
 
 
 class LengthGuard:
@@ -292,7 +289,7 @@ class TextCollate:
 Stage = Literal["fit", "validate", "test", "predict"]
 
 
-class Seq2SeqDataModule(pl.LightningDataModule):
+class Seq2SeqDataModule(SplitDataModule):
     """Parallel text for `vitkit.tasks.Seq2Seq`: TSV or JSONL files, or the embedded numbers/dates task.
 
     Batches are dicts: `src` (B, S) and `tgt` (B, T) int64 padded with the tokenizer's pad id (`tgt` is
@@ -465,22 +462,8 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         return LineDataset(src, lines)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          collate_fn=TextCollate(self.tokenizer.pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return make_loader(self._dataset(split), self.hparams.batch_size, shuffle=shuffle,
+                           num_workers=self.hparams.num_workers, collate_fn=TextCollate(self.tokenizer.pad_id))
 
 
 # -- what the model needs to know, computed from the data config (the CLI links these at parse time) --
