@@ -53,6 +53,26 @@ def test_warmup_then_cosine_schedule():
     assert values[100] == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("length", [{"max_epochs": 3}, {"max_steps": 12}, {"max_steps": 12, "max_epochs": 5}])
+def test_warmup_epochs_are_epochs_whether_the_run_is_given_in_epochs_or_steps(length, tmp_path):
+    """warmup_epochs=1 over 40 images in batches of 8 warms up for 5 optimiser steps (peak lr at step 4), also
+    when the run's length is given as max_steps alone (before, that warmed up over the whole run)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    lrs = []
+
+    class LearningRates(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    data = DataLoader(TensorDataset(torch.randn(40, 3, 16, 16), torch.randint(0, 10, (40,))), batch_size=8)
+    trainer = pl.Trainer(**length, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[LearningRates()], default_root_dir=tmp_path)
+    trainer.fit(tiny_classifier(lr=1e-3, warmup_epochs=1.0, layer_decay=None), train_dataloaders=data)
+    assert max(range(len(lrs)), key=lrs.__getitem__) == 4
+    assert lrs[0] == pytest.approx(1e-3 / 5) and lrs[4] == pytest.approx(1e-3)
+
+
 def test_predict_step_returns_sorted_topk_with_class_names():
     names = [f"class_{i}" for i in range(10)]
     clf = tiny_classifier(class_names=names, top_k=3).eval()

@@ -13,21 +13,20 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
-from torch import nn
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from ..errors import ConfigError
 from ..models import create_model
-from .finetune import BatchMixer, build_ema, freeze_
-from .optim import build_adamw, warmup_cosine_scheduler
+from .finetune import BatchMixer, WeightEMA, freeze_
+from .optim import build_adamw, schedule_steps, warmup_cosine_scheduler
 from .reports import per_class_table, save_confusion_matrix
 
 log = logging.getLogger("vitkit")
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(WeightEMA, pl.LightningModule):
     """Trains any registered vitkit model (`vitkit.list_models()`) as an image classifier.
 
     Args:
@@ -106,8 +105,7 @@ class ImageClassifier(pl.LightningModule):
         self.model.set_grad_checkpointing(grad_checkpointing)
         self.mixer = BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0 else None
         self.soft_ce = SoftTargetCrossEntropy()
-        # kept out of the module tree (not in state_dict/parameters()/summary): see on_save_checkpoint and _apply
-        self.__dict__["ema"] = build_ema(self.model, ema_decay) if ema_decay is not None else None
+        self.init_ema(ema_decay)
         if compile:  # nn.Module.compile is in place: state-dict keys get no `_orig_mod.` prefix
             self.model.compile(backend=compile_backend)
             if self.ema is not None:
@@ -121,11 +119,6 @@ class ImageClassifier(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self._predictions: list[dict] = []
-
-    @property
-    def net(self) -> nn.Module:
-        """The weights a forward uses: the live model in training, the EMA copy (when on) in eval mode."""
-        return self.ema.module if self.ema is not None and not self.training else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -142,34 +135,6 @@ class ImageClassifier(pl.LightningModule):
             return F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
         x, target = self.mixer(x, y)  # (B, C, H, W), (B, K) soft targets
         return self.soft_ce(self(x), target)
-
-    # -- weight EMA (timm ModelEmaV3), outside the module tree --
-    def optimizer_step(self, *args, **kwargs) -> None:
-        """Update the EMA right after each optimiser step (so with gradient accumulation, once per step), inside
-        the batch: a checkpoint saved at that batch's end (pre-emption, every_n_train_steps) already holds it."""
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.model)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None:
-            checkpoint["ema_state_dict"] = self.ema.module.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the EMA; a checkpoint saved without one starts the EMA from its live weights."""
-        if self.ema is None:
-            return
-        state = checkpoint.get("ema_state_dict")
-        if state is None:
-            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        self.ema.module.load_state_dict(state)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Device/dtype moves (`.to`, `.cuda`, `.half`) reach the EMA copy, which is not a registered child."""
-        super()._apply(fn, *args, **kwargs)
-        if self.__dict__.get("ema") is not None:
-            self.ema._apply(fn, *args, **kwargs)
-        return self
 
     def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
@@ -224,9 +189,7 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total, max(1, round(hp.warmup_epochs * total / epochs)))
+        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
         scheduler = warmup_cosine_scheduler(optimizer, warmup, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

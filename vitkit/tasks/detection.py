@@ -22,8 +22,9 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..errors import ConfigError
 from ..models import create_model
+from .finetune import WeightEMA
 from .matcher import HungarianMatcher
-from .optim import warmup_cosine_scheduler
+from .optim import adamw, schedule_steps, warmup_cosine_scheduler
 
 log = logging.getLogger("vitkit")
 
@@ -209,7 +210,7 @@ def coco_table(stats: dict[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- task
-class ObjectDetector(pl.LightningModule):
+class ObjectDetector(WeightEMA, pl.LightningModule):
     """Trains and evaluates a registered detector (`detr_vit_*`, `yolos_*`; `vitkit.list_models(family="detection")`).
 
     Batches are `(images, targets)` from `vitkit.data.DetectionDataModule`. Validation and test log
@@ -298,51 +299,15 @@ class ObjectDetector(pl.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.criterion = SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), eos_coef,
                                       ce_weight, bbox_weight, giou_weight)
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ConfigError(f"model.ema_decay={ema_decay}: expected a value in [0, 1), e.g. 0.999")
-        # kept out of the module tree (state_dict, parameters(), summary): see on_save_checkpoint and _apply
-        self.__dict__["ema"] = _build_ema(self.model, ema_decay) if ema_decay is not None else None
-        self._ema_step = -1
+        self.init_ema(ema_decay, warmup=True)  # the decay ramps up: the average does not start from init
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self._results: list[dict] = []
         self._drawn: list[tuple] = []
         self._predictions: list[dict] = []
 
-    @property
-    def net(self) -> nn.Module:
-        """The weights a forward uses: the live model in training, the EMA copy (when on) in eval mode."""
-        return self.ema.module if self.ema is not None and not self.training else self.model
-
     def forward(self, images: torch.Tensor, targets: list[Target] | None = None) -> dict:
         return self.net(images, targets)
-
-    # -- weight EMA, outside the module tree (as ImageClassifier's) --
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.trainer.global_step  # optimiser steps, so gradient accumulation is respected
-        if self.ema is not None and step != self._ema_step:
-            self.ema.update(self.model, step=step)
-            self._ema_step = step
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None:
-            checkpoint["ema_state_dict"] = self.ema.module.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the EMA; a checkpoint saved without one starts the EMA from its live weights."""
-        if self.ema is None:
-            return
-        state = checkpoint.get("ema_state_dict")
-        if state is None:
-            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        self.ema.module.load_state_dict(state)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Device/dtype moves reach the EMA copy, which is not a registered child."""
-        super()._apply(fn, *args, **kwargs)
-        if self.__dict__.get("ema") is not None:
-            self.ema._apply(fn, *args, **kwargs)
-        return self
 
     # -- training --
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -480,10 +445,8 @@ class ObjectDetector(pl.LightningModule):
     # -- optimisation --
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self._param_groups(), lr=hp.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total, max(1, round(hp.warmup_epochs * total / epochs)))
+        optimizer = adamw(self.model, self._param_groups(), hp.lr)
+        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
         scheduler = warmup_cosine_scheduler(optimizer, warmup, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -498,14 +461,6 @@ class ObjectDetector(pl.LightningModule):
                 groups.setdefault(key, []).append(p)
         return [{"params": ps, "lr": hp.lr * (hp.encoder_lr_scale if enc else 1.0), "weight_decay": hp.weight_decay if decay else 0.0}
                 for (enc, decay), ps in groups.items()]
-
-
-def _build_ema(model: nn.Module, decay: float):
-    from timm.utils import ModelEmaV3
-
-    ema = ModelEmaV3(model, decay=decay, use_warmup=True)  # decay ramps up: the average does not start from init
-    ema.requires_grad_(False)
-    return ema
 
 
 def _eval_target(t: Target) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ and BEiT's recipes), Mixup/CutMix on the batch (Zhang et al. 2018, Yun et al. 20
 EMA of the weights (timm's ModelEmaV3) kept out of the LightningModule's state dict."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from timm.data import Mixup
@@ -69,10 +69,52 @@ class BatchMixer:
         return self.mix(x, y)
 
 
-def build_ema(model: nn.Module, decay: float) -> ModelEmaV3:
-    """A frozen eval-mode copy of `model` whose weights follow `ema = decay * ema + (1 - decay) * live`."""
+def build_ema(model: nn.Module, decay: float, warmup: bool = False) -> ModelEmaV3:
+    """A frozen eval-mode copy of `model` whose weights follow `ema = decay * ema + (1 - decay) * live`. With
+    `warmup` the decay ramps up from 0 over the first steps (timm's), so the average does not start from init."""
     if not 0.0 <= decay < 1.0:
         raise ConfigError(f"model.ema_decay={decay}: expected a value in [0, 1), e.g. 0.9998")
-    ema = ModelEmaV3(model, decay=decay)
+    ema = ModelEmaV3(model, decay=decay, use_warmup=warmup)
     ema.requires_grad_(False)
     return ema
+
+
+class WeightEMA:
+    """LightningModule mixin: an optional EMA of `self.model`'s weights (timm ModelEmaV3), used in eval mode
+    through `self.net` and saved in checkpoints under ``ema_state_dict``. The copy is kept out of the module
+    tree (state_dict, parameters(), the model summary); device and dtype moves still reach it."""
+
+    def init_ema(self, decay: float | None, warmup: bool = False) -> None:
+        self.__dict__["ema"] = build_ema(self.model, decay, warmup) if decay is not None else None
+
+    @property
+    def net(self) -> nn.Module:
+        """The weights a forward uses: the live model in training, the EMA copy (when on) in eval mode."""
+        return self.ema.module if self.ema is not None and not self.training else self.model
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Update the EMA right after each optimiser step (so with gradient accumulation, once per step), inside
+        the batch: a checkpoint saved at that batch's end (pre-emption, every_n_train_steps) already holds it."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # the trainer counts this step once the hook returns
+            self.ema.update(self.model, step=self.trainer.global_step + 1 if self.ema.use_warmup else None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.module.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the EMA; a checkpoint saved without one starts the EMA from its live weights."""
+        if self.ema is None:
+            return
+        state = checkpoint.get("ema_state_dict")
+        if state is None:
+            state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.ema.module.load_state_dict(state)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Device/dtype moves (`.to`, `.cuda`, `.half`) reach the EMA copy, which is not a registered child."""
+        super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("ema") is not None:
+            self.ema._apply(fn, *args, **kwargs)
+        return self

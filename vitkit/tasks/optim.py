@@ -28,6 +28,11 @@ def build_adamw(
     groups = param_groups(model, weight_decay, layer_decay)
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+    return adamw(model, groups, lr, betas)
+
+
+def adamw(model: nn.Module, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """torch's AdamW over `groups` of `model`'s parameters, fused where it can be (see `_fused_ok`)."""
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=_fused_ok(model))
 
 
@@ -37,6 +42,21 @@ def _fused_ok(model: nn.Module) -> bool | None:
     params = [p for p in model.parameters() if p.requires_grad]
     ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return True if ok else None
+
+
+def schedule_steps(trainer, warmup_epochs: float) -> tuple[int, int]:
+    """(warm-up steps, total optimiser steps) of a fit: `warmup_epochs` epochs' worth of optimiser steps (at least
+    one when positive, at most the whole run), however the run's length is given (`max_epochs` or `max_steps`)."""
+    total = int(trainer.estimated_stepping_batches)
+    if trainer.train_dataloader is None:  # Lightning loads it for the estimate only when max_epochs is set
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    if math.isfinite(batches):
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    else:  # an iterable dataset without a length
+        per_epoch = total / max(1, trainer.max_epochs or 1)
+    warmup = round(warmup_epochs * per_epoch)
+    return min(total, max(1, warmup) if warmup_epochs > 0 else 0), total
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:

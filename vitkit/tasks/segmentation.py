@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from ..errors import ConfigError
 from ..models.segmenter import create_segmenter, sliding_window_logits
-from .optim import build_adamw, param_groups, warmup_cosine_scheduler
+from .optim import build_adamw, param_groups, schedule_steps, warmup_cosine_scheduler
 from .seg_metrics import colorize, confusion_metric, iou_table, overlay, save_index_png, save_panels, scores_from_confusion
 
 log = logging.getLogger("vitkit")
@@ -295,12 +295,9 @@ class SemanticSegmenter(pl.LightningModule):
             for g in groups:
                 g["lr"] = hp.lr * g.get("lr_scale", 1.0)
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
+        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
         if hp.warmup_steps is not None:
             warmup = min(total, hp.warmup_steps)
-        else:
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            warmup = min(total, round(hp.warmup_epochs * total / epochs))
         if hp.schedule == "cosine":
             scheduler = warmup_cosine_scheduler(optimizer, max(1, warmup), total, hp.min_lr_ratio)
         else:
