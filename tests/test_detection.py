@@ -119,6 +119,10 @@ def test_detr_encoder_loads_a_timm_vit_checkpoint(tmp_path):
     report = model.load_pretrained(tmp_path / "vit.pth")
     assert not report.missing and not report.unexpected
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+    # the same through create_model(pretrained=...), as a config's `pretrained` or a user would pass it
+    built = vitkit.create_model("detr_vit_tiny_patch16", num_classes=3, depth=1, img_size=64, decoder_depth=1,
+                                num_queries=4, pretrained=tmp_path / "vit.pth")
+    torch.testing.assert_close(built.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
 
 
 # --------------------------------------------------------------------------- YOLOS and transformers
@@ -147,6 +151,12 @@ def test_yolos_matches_transformers(mid, size):
     assert ref.logits.std() > 0.1  # a model whose outputs depend on the weights
     torch.testing.assert_close(out["pred_logits"], ref.logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["yolos_tiny", "yolos_small", "yolos_base"])
+def test_published_yolos_sizes_use_the_layernorm_epsilon_of_the_transformers_checkpoints(name):
+    model = vitkit.create_model(name, depth=1, img_size=64, num_classes=3)
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
 
 
 def test_yolos_folder_with_config_and_coco_class_mapping(tmp_path):
@@ -237,7 +247,7 @@ def trained(tmp_path_factory):
     pl.seed_everything(0)
     dm = DetectionDataModule(root=str(root / "shapes"), shapes_config=TINY_SHAPES, img_size=32, batch_size=16)
     task = ObjectDetector("detr_vit_nano_patch8_64", num_classes=4, img_size=32, model_kwargs=TINY_DETR, lr=2e-3,
-                          encoder_lr_scale=1.0, weight_decay=0.0, warmup_epochs=0.5, class_names=dm.class_names)
+                          encoder_lr_scale=1.0, weight_decay=0.0, warmup_epochs=7.5, class_names=dm.class_names)  # 30 of 60 steps
     losses = []
 
     class Record(pl.Callback):

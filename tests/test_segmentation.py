@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
+import vitkit
 from vitkit.data import SegmentationDataModule, reduce_zero_label
 from vitkit.data.segmentation import ADE20K_CLASSES, VOC_CLASSES, collate_segmentation
 from vitkit.errors import ConfigError, DataError, DatasetNotFoundError
@@ -198,8 +199,16 @@ def test_layer_decay_keeps_the_head_at_full_lr_and_no_decay_on_class_embeddings(
     assert group["head.blocks.0.mlp.fc1.weight"]["weight_decay"] == 0.05
 
 
-def test_registry_and_clear_errors():
+def test_registry_and_clear_errors(tmp_path):
     assert {"segmenter_vit_small_patch16_512", "segmenter_vit_tiny_patch8_64"} <= set(list_segmenters())
+    # one registry: segmenters are vitkit models of the family "segmentation", not image encoders
+    assert list_segmenters() == vitkit.list_models(family="segmentation")
+    assert not set(list_segmenters()) & set(vitkit.list_models())
+    # `pretrained` reaches the encoder (the file holds an encoder's weights, not a whole segmenter's)
+    source = vitkit.create_model("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32).encoder
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")
+    model = vitkit.create_model("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32, pretrained=tmp_path / "encoder.pth")
+    torch.testing.assert_close(model.encoder.state_dict(), source.state_dict())
     with pytest.raises(ValueError, match="did you mean segmenter_vit_small_patch16_512"):
         create_segmenter("segmenter_vit_smal_patch16_512")
     with pytest.raises(ConfigError, match="unknown segmentation head 'fancy'"):

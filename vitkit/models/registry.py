@@ -3,45 +3,58 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 import os
 from typing import Callable
 
 from torch import nn
 
+log = logging.getLogger(__name__)
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY: dict[str, str] = {}  # name -> "vision" (image encoders) or another family, e.g. "text"
+_FAMILY: dict[str, str] = {}  # name -> "vision" (image encoders) or another family: "text", "detection", "segmentation"
+_OWN_PRETRAINED: set[str] = set()  # builders that take `pretrained` themselves
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, family: str = "vision"):
+def register_model(fn: Callable[..., nn.Module] | None = None, *, family: str = "vision", own_pretrained: bool = False):
     """Register `fn` under its own name; `create_model(fn.__name__, **kw)` then calls it. Used bare
-    (`@register_model`, an image encoder) or with a family (`@register_model(family="text")`)."""
+    (`@register_model`, an image encoder) or with a family (`@register_model(family="text")`). With
+    `own_pretrained` the builder gets `pretrained` itself (a segmenter: the file holds its encoder's weights)."""
     if fn is None:
-        return lambda f: register_model(f, family=family)
+        return lambda f: register_model(f, family=family, own_pretrained=own_pretrained)
     if fn.__name__ in _MODELS:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
     _MODELS[fn.__name__] = fn
     _FAMILY[fn.__name__] = family
+    if own_pretrained:
+        _OWN_PRETRAINED.add(fn.__name__)
     return fn
 
 
 def list_models(pattern: str = "*", family: str | None = "vision") -> list[str]:
-    """Registered model names of a `family` ("vision", "text"; None: all) matching a shell-style `pattern`, sorted."""
+    """Registered model names of a `family` ("vision", "text", "detection", "segmentation"; None: all) matching a shell-style `pattern`, sorted."""
     names = [n for n in _MODELS if family is None or _FAMILY[n] == family]
     return sorted(fnmatch.filter(names, pattern))
 
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False, **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
-    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`
+    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`, or by
+    the model's own `load_pretrained` where it has one (detectors), or by its builder (segmenters: the encoder's file)
     (`reset_head=True` keeps the model's fresh classifier even when the checkpoint's would fit). Without an
     explicit `num_classes`, a checkpoint head of another class count is an error rather than a silent swap."""
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models(family=None)"
         raise ValueError(f"unknown model {name!r}{hint}")
+    if name in _OWN_PRETRAINED:
+        return _MODELS[name](**kwargs) if pretrained is None else _MODELS[name](pretrained=pretrained, **kwargs)
     model = _MODELS[name](**kwargs)
-    if pretrained is not None:
-        from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
+    if pretrained is None:
+        return model
+    if hasattr(model, "load_pretrained"):  # a model that knows its checkpoints (detectors: transformers YOLOS, a ViT encoder)
+        log.info("%s", model.load_pretrained(pretrained))
+        return model
+    from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
 
-        load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
+    load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
     return model

@@ -6,12 +6,12 @@ window inference (as in mmsegmentation's "slide" mode) for images larger than th
     model = create_segmenter("segmenter_vit_tiny_patch8_64", num_classes=5, head="conv")
     model = create_segmenter("segmenter_vit_small_patch16_512", encoder="timm:vit_small_patch16_384")
 
-Segmentation models have their own registry (`list_segmenters`): `vitkit.list_models()` lists classifiers.
+Segmentation models are registered in vitkit's one registry under the family "segmentation":
+`list_segmenters()` is `vitkit.list_models(family="segmentation")`. Their `pretrained` is the encoder's file.
 """
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
 from typing import Any, Callable
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nn import to_2tuple
 from .heads.segmentation import HeadName, build_head
-from .registry import create_model
+from .registry import create_model, list_models, register_model
 from .vit import VisionTransformer
 
 TIMM_PREFIX = "timm:"
@@ -139,29 +139,23 @@ def build_segmenter(
 
 
 # ---------------------------------------------------------------------------------------------- registry
-_SEGMENTERS: dict[str, Callable[..., Segmenter]] = {}
-
-
-def register_segmenter(fn: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
-    if fn.__name__ in _SEGMENTERS:
-        raise ValueError(f"segmenter {fn.__name__!r} is registered twice")
-    _SEGMENTERS[fn.__name__] = fn
-    return fn
+register_segmenter = register_model(family="segmentation", own_pretrained=True)
 
 
 def list_segmenters(pattern: str = "*") -> list[str]:
     """Registered segmentation model names matching a shell-style `pattern`, sorted."""
-    return sorted(fnmatch.filter(_SEGMENTERS, pattern))
+    return list_models(pattern, family="segmentation")
 
 
 def create_segmenter(name: str, **kwargs) -> Segmenter:
     """Build a registered segmentation model; keywords override its config (num_classes, img_size, head,
     encoder, encoder_kwargs, head_kwargs, pretrained)."""
-    if name not in _SEGMENTERS:
-        near = difflib.get_close_matches(name, _SEGMENTERS, n=3)
-        hint = f"; did you mean {', '.join(near)}?" if near else f"; expected one of {', '.join(list_segmenters())}"
+    names = list_segmenters()
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; expected one of {', '.join(names)}"
         raise ValueError(f"unknown segmentation model {name!r}{hint}")
-    return _SEGMENTERS[name](**kwargs)
+    return create_model(name, **kwargs)
 
 
 def _segmenter(default_encoder: str, encoder_defaults: dict, default_img_size: int, num_classes: int = 150,

@@ -272,6 +272,8 @@ def _guess_grid(num_patches: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------ registered sizes
+# The published sizes use the LayerNorm epsilon of transformers' checkpoints (1e-12), so their weights give the
+# same boxes; the CPU-sized config keeps vitkit's 1e-6.
 def _yolos(config: dict, **kwargs) -> YOLOS:
     return YOLOS(**{**config, **kwargs})
 
@@ -279,19 +281,19 @@ def _yolos(config: dict, **kwargs) -> YOLOS:
 @register_model(family="detection")
 def yolos_tiny(**kw) -> YOLOS:
     """YOLOS-Ti (DeiT-Ti encoder, 100 detection tokens; transformers `hustvl/yolos-tiny`)."""
-    return _yolos(dict(img_size=512, embed_dim=192, depth=12, num_heads=3), **kw)
+    return _yolos(dict(img_size=512, embed_dim=192, depth=12, num_heads=3, norm_eps=1e-12), **kw)
 
 
 @register_model(family="detection")
 def yolos_small(**kw) -> YOLOS:
     """YOLOS-S (DeiT-S encoder, mid position embeddings; transformers `hustvl/yolos-small`)."""
-    return _yolos(dict(img_size=800, embed_dim=384, depth=12, num_heads=6, mid_pos_embed=True), **kw)
+    return _yolos(dict(img_size=800, embed_dim=384, depth=12, num_heads=6, mid_pos_embed=True, norm_eps=1e-12), **kw)
 
 
 @register_model(family="detection")
 def yolos_base(**kw) -> YOLOS:
     """YOLOS-B (DeiT-B encoder, mid position embeddings; transformers `hustvl/yolos-base`)."""
-    return _yolos(dict(img_size=800, embed_dim=768, depth=12, num_heads=12, mid_pos_embed=True), **kw)
+    return _yolos(dict(img_size=800, embed_dim=768, depth=12, num_heads=12, mid_pos_embed=True, norm_eps=1e-12), **kw)
 
 
 @register_model(family="detection")
