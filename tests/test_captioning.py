@@ -38,7 +38,9 @@ def test_captioner_and_vqa_are_built_from_the_shared_vit_and_blocks():
     vqa = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=1, num_heads=2, **ENC)
     assert type(cap.encoder) is vitkit.VisionTransformer and type(vqa.encoder) is vitkit.VisionTransformer
     assert type(cap.encoder.blocks[0]) is EncoderBlock and type(cap.decoder.blocks[0]) is DecoderBlock
-    assert all(type(b) is EncoderBlock for b in vqa.blocks)
+    assert all(type(b) is EncoderBlock for b in vqa.blocks)  # single stream over question and image
+    cross = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=1, num_heads=2, fusion="cross", **ENC)
+    assert all(type(b) is DecoderBlock for b in cross.blocks)  # the question cross-attends the image
     attn = [m for model in (cap, vqa) for m in model.modules() if re.search("attn|attention", type(m).__name__.lower())]
     assert attn and all(type(m) is Attention for m in attn)
     assert cap.decoder.blocks[0].cross_attn.kv.in_features == cap.encoder.embed_dim == 32  # memory of the ViT's width
@@ -60,15 +62,20 @@ def test_captioner_kv_cache_decoding_gives_exactly_the_uncached_tokens(beam_size
     assert len(set(map(tuple, cached.tolist()))) > 1, "different images give different captions"
 
 
-def test_vqa_question_padding_changes_nothing():
-    model = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=2, num_heads=2, dropout=0.0, **ENC).eval()
+@pytest.mark.parametrize("fusion", ["cross", "joint"])
+def test_vqa_question_padding_changes_nothing_and_question_and_image_both_matter(fusion):
+    model = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=2, num_heads=2, dropout=0.0, fusion=fusion, **ENC).eval()
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         alone = model(images, torch.tensor([[5, 6, 7]]))
         padded = model(images, torch.tensor([[5, 6, 7, 0, 0]]))
         other = model(images, torch.tensor([[5, 9, 7]]))
+        other_image = model(torch.randn(1, 3, 32, 32), torch.tensor([[5, 6, 7]]))
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(alone, other, atol=1e-4)  # the question does matter
+    assert not torch.allclose(alone, other_image, atol=1e-4)  # and so does the image
+    with pytest.raises(ValueError, match="fusion='late'"):
+        VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=1, num_heads=2, fusion="late", **ENC)
 
 
 def test_an_encoder_that_is_not_an_image_encoder_is_refused():

@@ -139,3 +139,16 @@ def test_a_vqa_model_can_start_from_the_captioners_encoder(captioner):
     state = torch.load(ckpt, weights_only=False, map_location="cpu")["state_dict"]
     for name, value in vqa.encoder.state_dict().items():
         torch.testing.assert_close(value, state[f"model.encoder.{name}"])
+
+
+def test_freeze_encoder_keeps_the_captioners_encoder_out_of_training(captioner):
+    from vitkit.tasks import VisualQA
+    from vitkit.tasks.optim import build_adamw
+
+    task = VisualQA(encoder="vit_nano_patch4_32", img_size=32, vocab_size=50, num_classes=5, freeze_encoder=True,
+                    encoder_kwargs={"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2},
+                    pretrained=str(captioner / "checkpoints" / "last.ckpt"),
+                    fusion_kwargs={"dim": 32, "depth": 1, "num_heads": 2})
+    trained = {id(p) for g in build_adamw(task.model, 1e-3, 0.05).param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in task.model.encoder.parameters())
+    assert all(id(p) in trained for n, p in task.model.named_parameters() if not n.startswith("encoder."))

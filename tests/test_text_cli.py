@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -116,13 +117,18 @@ def test_an_over_long_line_stops_fit_unless_truncation_is_asked_for(tmp_path, ca
         run("fit", tmp_path, tmp_path / "none", *args, "--data.init_args.long_lines", "truncate")
 
 
-def test_a_checkpoint_alone_translates_from_python(fitted):
+def test_a_checkpoint_alone_translates_from_python(fitted, caplog):
     from vitkit.tasks import Seq2Seq
 
     task = Seq2Seq.load_from_checkpoint(fitted / "checkpoints" / "last.ckpt", map_location="cpu")
     outputs = task.translate(["twenty-one", "1999-03-04"])
     assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
     assert task.tokenizer.fingerprint == TextTokenizer.from_file(fitted / "tokenizer.json").fingerprint
+    # as in `predict`: an empty input gives an empty output in its place; an over-long one is cut with a warning
+    assert task.translate(["", "twenty-one"]) == ["", *task.translate(["twenty-one"])]
+    with caplog.at_level(logging.WARNING, logger="vitkit"):
+        long = task.translate(["one " * 500])
+    assert len(long) == 1 and "1 of 1 inputs longer than max_len" in caplog.text
 
 
 def test_summarisation_on_jsonl_files_reports_rouge_l(tmp_path):

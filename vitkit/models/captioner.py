@@ -1,16 +1,17 @@
 """Image-to-text models on vitkit's shared blocks: a captioner (a ViT encoder whose tokens a causal text decoder
 cross-attends, as in the encoder-decoder of Vaswani et al. 2017 with an image as the source; cf. "Show, Attend
-and Tell", Xu et al. 2015) and a VQA model that fuses question tokens and image tokens in one stack of encoder
-blocks and classifies the answer (single-stream fusion as in ViLT, Kim et al. 2021)."""
+and Tell", Xu et al. 2015) and a VQA model that classifies the answer from question and image tokens fused in one
+stack of encoder blocks (single-stream fusion as in ViLT, Kim et al. 2021), or from question tokens that
+cross-attend the image tokens (an image-grounded question encoder, as BLIP's, Li et al. 2022)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..nn import EncoderBlock, padding_mask
+from ..nn import DecoderBlock, EncoderBlock, padding_mask
 from ..nn.text import PositionEmbed1d, TokenEmbed
 from .registry import create_model
 from .seq2seq import PosEmbed, SpecialIds, TextDecoder, generate
@@ -106,8 +107,10 @@ class VQATransformer(nn.Module):
     """Images (B, 3, H, W) and question ids (B, Q) -> answer logits (B, num_answers).
 
     The question is embedded (tokens + 1-D positions), the image encoded by the ViT and projected to the
-    fusion width; a type embedding tells the two apart. [answer token, question, image] then pass through
-    `depth` shared encoder blocks (question padding masked) and the answer token is classified.
+    fusion width. `fusion="joint"` (default): a type embedding tells question from image, and [answer token,
+    question, image] pass through `depth` encoder blocks. `fusion="cross"`: [answer token, question] pass
+    through `depth` decoder blocks whose self-attention sees the question (padding masked, not causal) and whose
+    cross-attention reads the image tokens. Either way the answer token is classified.
     """
 
     def __init__(
@@ -126,8 +129,13 @@ class VQATransformer(nn.Module):
         pos_embed: PosEmbed = "sincos",
         dropout: float = 0.1,
         pad_id: int = 0,
+        fusion: Literal["joint", "cross"] = "joint",
     ) -> None:
         super().__init__()
+        if fusion not in ("cross", "joint"):
+            raise ValueError(f"fusion={fusion!r}; expected 'joint' (one stack over question and image) or 'cross' "
+                             f"(the question cross-attends the image)")
+        self.fusion = fusion
         self.encoder = build_encoder(encoder, img_size, encoder_kwargs, pretrained)
         self.image_proj = nn.Linear(self.encoder.embed_dim, dim)
         self.embed = TokenEmbed(vocab_size, dim)
@@ -135,7 +143,8 @@ class VQATransformer(nn.Module):
         self.type_embed = nn.Parameter(torch.zeros(2, dim))  # 0: question, 1: image
         self.answer_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(dim, num_heads, mlp_ratio, proj_drop=dropout) for _ in range(depth))
+        block = DecoderBlock if fusion == "cross" else EncoderBlock
+        self.blocks = nn.ModuleList(block(dim, num_heads, mlp_ratio, proj_drop=dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_answers)
         self.pad_id, self.num_answers = pad_id, num_answers
@@ -155,10 +164,14 @@ class VQATransformer(nn.Module):
         B = images.shape[0]
         img = self.image_proj(self.encoder.forward_features(images)) + self.type_embed[1]  # (B, N, dim)
         q = self.pos(self.embed(question)) + self.type_embed[0]  # (B, Q, dim)
-        x = self.drop(torch.cat([self.answer_token.expand(B, -1, -1), q, img], dim=1))  # (B, 1 + Q + N, dim)
+        text = [self.answer_token.expand(B, -1, -1), q]
+        if self.fusion == "joint":
+            text.append(img)
+        x = self.drop(torch.cat(text, dim=1))  # (B, 1 + Q [+ N], dim)
         is_pad = torch.zeros(B, x.shape[1], dtype=torch.bool, device=x.device)
         is_pad[:, 1 : 1 + q.shape[1]] = question == self.pad_id
         mask = padding_mask(is_pad)  # question padding is never attended
+        memory = self.drop(img)
         for blk in self.blocks:
-            x = blk(x, attn_mask=mask)
+            x = blk(x, attn_mask=mask) if self.fusion == "joint" else blk(x, memory, attn_mask=mask)
         return self.head(self.norm(x[:, 0]))

@@ -241,13 +241,23 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
                                    d["length_penalty"], use_cache=use_cache)
 
     def translate(self, texts: list[str]) -> list[str]:
-        """Decode raw strings with the model's own tokenizer (for use outside the CLI)."""
-        tok = self._attach_tokenizer()
-        ids = [tok.encode(t)[: self.hparams.max_len] for t in texts]
-        src = torch.full((len(ids), max(1, max(map(len, ids)))), tok.pad_id, dtype=torch.long, device=self.device)
-        for i, s in enumerate(ids):
-            src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        return [tok.decode(row) for row in self.generate_ids(src).tolist()]
+        """Decode raw strings with the model's own tokenizer (for use outside the CLI). Inputs longer than
+        `max_len` tokens are truncated (counted in a warning); an empty input gives an empty output."""
+        tok, max_len = self._attach_tokenizer(), self.hparams.max_len
+        ids = [tok.encode(t) for t in texts]
+        cut = sum(len(s) > max_len for s in ids)
+        if cut:
+            log.warning("translate: %d of %d inputs longer than max_len=%d tokens were truncated", cut, len(ids), max_len)
+        ids = [s[:max_len] for s in ids]
+        outputs = [""] * len(ids)  # an empty input gets an empty output, as in `predict`
+        rows = [i for i, s in enumerate(ids) if s]
+        if rows:
+            src = torch.full((len(rows), max(len(ids[i]) for i in rows)), tok.pad_id, dtype=torch.long, device=self.device)
+            for r, i in enumerate(rows):
+                src[r, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+            for i, row in zip(rows, self.generate_ids(src).tolist()):
+                outputs[i] = tok.decode(row)
+        return outputs
 
     # -- evaluation --
     def _evaluate(self, batch: dict, stage: str, metrics: torch.nn.ModuleDict) -> list[str]:
@@ -531,14 +541,14 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
-        self._write_outputs("test_captions", [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
+        if self.global_rank == 0:
+            self._write_outputs("test_captions", [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
 
-    @rank_zero_only
     def _write_outputs(self, name: str, rows: list[dict]) -> None:
-        """<run>/<name>.json and, with the kept images, the sheet <run>/test_captions.png or captions.png."""
+        """<run>/<name>.json and, with the kept images (on rank 0), the sheet <run>/test_captions.png or captions.png."""
         out = run_dir(self)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
-        if self._sheet:
+        if self._sheet and self.global_rank == 0:
             sheet = out / ("test_captions.png" if name == "test_captions" else "captions.png")
             mean, std = _normalisation(self)
             save_caption_sheet([i for i, _ in self._sheet], [c for _, c in self._sheet], sheet, mean, std,
@@ -557,9 +567,10 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        self._write_outputs("predictions", self._rows)
+        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""  # each process has its share
+        self._write_outputs(f"predictions{suffix}", self._rows)
         out = run_dir(self)
-        with open(out / "predictions.csv", "w", newline="") as f:
+        with open(out / f"predictions{suffix}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "caption"])
             w.writerows([r["path"], r["caption"]] for r in self._rows)
@@ -589,10 +600,11 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         vocab_size: question vocabulary (linked). max_len: most question tokens (linked).
         pad_id: padding id (linked). bos_id, eos_id: the tokenizer's other special ids (linked, checked).
         num_classes: number of answers (linked). class_names: the answers (linked).
-        fusion_kwargs: ``VQATransformer`` settings (dim, depth, num_heads, dropout, pos_embed).
+        fusion_kwargs: ``VQATransformer`` settings (fusion: joint|cross, dim, depth, num_heads, dropout, pos_embed).
         lr: peak learning rate. weight_decay: AdamW weight decay. betas: AdamW betas.
         warmup_steps: linear warm-up steps. min_lr_ratio: final lr fraction of the cosine.
         label_smoothing: cross-entropy label smoothing.
+        freeze_encoder: train only the question embedding, fusion and head (the encoder stays as loaded).
         compile: ``torch.compile`` the model in place for training.
     """
 
@@ -618,6 +630,7 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         warmup_steps: int = 500,
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
+        freeze_encoder: bool = False,
         compile: bool = False,
         compile_backend: str = "inductor",
     ) -> None:
@@ -635,6 +648,8 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
             self.model = VQATransformer(**kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.init_args: cannot build the VQA model with {kwargs}: {err}") from err
+        if freeze_encoder:  # keep a pretrained encoder's features; only the question side and the fusion learn
+            self.model.encoder.requires_grad_(False)
         if compile:
             self.model.compile(backend=compile_backend)
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
