@@ -21,4 +21,7 @@ run 50 $TP --rounds 4 --steps 5 --warmup 3 --no-mfu --vitkit-sdpa cudnn,flash,ef
 run 80 $PY benchmarks/memory.py --device cuda --json "$OUT/gpu_vitb16_memory.json"
 run 120 $PY benchmarks/throughput.py --models vit_small_patch16_224 --precision bf16 --batch-size 256 --compile yes \
   --modes train --rounds 4 --steps 5 --warmup 3 --json "$OUT/gpu_vits16_bf16.json"
+# not yet measured: both libraries under max-autotune (GEMM templates with fused epilogues; compile takes minutes)
+[ -n "${AUTOTUNE:-}" ] && run 400 $TP --compile yes --compile-mode max-autotune --rounds 4 --steps 5 --warmup 3 \
+  --json "$OUT/gpu_vitb16_bf16_autotune.json"
 tail -n 40 "$log"

@@ -303,7 +303,7 @@ def bench_model(name: str, args, device: torch.device, peak: dict[str, float], o
         models = {"timm": ref, "vitkit": ours}
         if compiled:
             torch._dynamo.reset()
-            models = {lib: torch.compile(m) for lib, m in models.items()}
+            models = {lib: torch.compile(m, mode=args.compile_mode) for lib, m in models.items()}
         for precision in args.precision:
             amp = functools.partial(autocast, device, precision, args.sdpa)
             for mode in args.modes:
@@ -426,7 +426,7 @@ def bench_task_model(name: str, args, device: torch.device) -> list[dict]:
     inputs, y = _task_inputs(kind, size, batch, device)
     rows = []
     for compiled in compile_settings(args.compile):
-        run = torch.compile(model) if compiled else model
+        run = torch.compile(model, mode=args.compile_mode) if compiled else model
         for precision in args.precision:
             amp = functools.partial(autocast, device, precision, args.sdpa)
             opt = build_adamw(model, lr=1e-4, weight_decay=0.05)
@@ -532,6 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one or both; bf16 = autocast, on CPU too")
     p.add_argument("--compile", nargs="?", choices=("no", "yes", "both"), const="yes", default="no",
                    help="torch.compile both models (`--compile` = yes; `both` = eager, then compiled); compile time is warm-up")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode for both libraries (max-autotune: Triton GEMM templates with fused epilogues)")
     p.add_argument("--sdpa", choices=("default", "flash", "efficient", "cudnn", "math"), default="default",
                    help="limit scaled_dot_product_attention to one backend, for both libraries")
     p.add_argument("--vitkit-sdpa", metavar="ORDER", help="vitkit only: SDPA backend order, e.g. cudnn,flash,efficient,math "
