@@ -5,16 +5,12 @@
 # activation checkpointing; ViT-S/16 compiled train if time allows. JSON + a log go to $OUT (default
 # benchmarks/results). Needs torch + timm only (run from the repository root; vitkit need not be installed).
 set -u
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
-export PYTHONPATH=${PYTHONPATH:-}:.
-PY=${PY:-python}
+. "$(dirname "$0")/gpu_common.sh"
 log="$OUT/gpu_log.txt"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.version.cuda)"
 } >>"$log" 2>&1
-run() { echo "### $*" >>"$log"; timeout "$1" "${@:2}" >>"$log" 2>&1 || echo "!!! exit $? for: $*" >>"$log"; }
 TP="$PY benchmarks/throughput.py --models vit_base_patch16_224 --precision bf16 --batch-size 256"
 run 290 $TP --compile both --rounds 4 --steps 5 --warmup 3 --json "$OUT/gpu_vitb16_bf16.json"
 run 50 $TP --rounds 4 --steps 5 --warmup 3 --no-mfu --vitkit-sdpa cudnn,flash,efficient,math --json "$OUT/gpu_vitb16_bf16_cudnn.json"

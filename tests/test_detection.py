@@ -123,6 +123,9 @@ def test_detr_encoder_loads_a_timm_vit_checkpoint(tmp_path):
     built = vitkit.create_model("detr_vit_tiny_patch16", num_classes=3, depth=1, img_size=64, decoder_depth=1,
                                 num_queries=4, pretrained=tmp_path / "vit.pth")
     torch.testing.assert_close(built.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match="reset_head=True applies to classifiers"):  # not silently ignored
+        vitkit.create_model("detr_vit_tiny_patch16", num_classes=3, depth=1, img_size=64, decoder_depth=1,
+                            num_queries=4, pretrained=tmp_path / "vit.pth", reset_head=True)
 
 
 # --------------------------------------------------------------------------- YOLOS and transformers

@@ -171,7 +171,11 @@ class VQATransformer(nn.Module):
         is_pad = torch.zeros(B, x.shape[1], dtype=torch.bool, device=x.device)
         is_pad[:, 1 : 1 + q.shape[1]] = question == self.pad_id
         mask = padding_mask(is_pad)  # question padding is never attended
-        memory = self.drop(img)
-        for blk in self.blocks:
-            x = blk(x, attn_mask=mask) if self.fusion == "joint" else blk(x, memory, attn_mask=mask)
+        if self.fusion == "joint":
+            for blk in self.blocks:
+                x = blk(x, attn_mask=mask)
+        else:
+            memory = self.drop(img)  # (B, N, dim), read by every block's cross-attention
+            for blk in self.blocks:
+                x = blk(x, memory, attn_mask=mask)
         return self.head(self.norm(x[:, 0]))

@@ -47,14 +47,22 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models(family=None)"
         raise ValueError(f"unknown model {name!r}{hint}")
     if name in _OWN_PRETRAINED:
+        _no_reset_head(name, reset_head)
         return _MODELS[name](**kwargs) if pretrained is None else _MODELS[name](pretrained=pretrained, **kwargs)
     model = _MODELS[name](**kwargs)
     if pretrained is None:
         return model
-    if hasattr(model, "load_pretrained"):  # a model that knows its checkpoints (detectors: transformers YOLOS, a ViT encoder)
+    if hasattr(model, "load_pretrained"):
+        _no_reset_head(name, reset_head)  # a model that knows its checkpoints (detectors: transformers YOLOS, a ViT encoder)
         log.info("%s", model.load_pretrained(pretrained))
         return model
     from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
 
     load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
     return model
+
+
+def _no_reset_head(name: str, reset_head: bool) -> None:
+    if reset_head:
+        raise ValueError(f"reset_head=True applies to classifiers loaded by vitkit.weights; {name!r} loads its own "
+                         f"checkpoints (its load_pretrained or builder says which heads it keeps); leave reset_head out")
