@@ -232,3 +232,32 @@ def test_grad_checkpointing_gives_same_outputs_and_gradients():
     assert (plain_calls, ckpt_calls) == (1, 2)  # checkpointing really recomputes the block in backward
     torch.testing.assert_close(ckpt_logits, plain_logits, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ckpt_grads, plain_grads, atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- convolutional stem
+def test_conv_stem_keeps_the_token_grid_and_reloads_from_a_saved_file(tmp_path):
+    model = vitkit.create_model("vit_nano_patch4_32", depth=2, img_size=32, num_classes=NUM_CLASSES,
+                                stem_channels=(8, 16, 32))
+    stem_convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in stem_convs] == [1, 2, 2]  # the last log2(4) convs downsample
+    assert model.patch_embed.proj.kernel_size == (1, 1)
+    x = torch.randn(4, 3, 32, 32)
+    assert model.forward_features(x).shape == (4, 1 + 8 * 8, 128)
+    model.train()
+    model(x)  # BatchNorm running statistics move away from their initial values
+    model.eval()
+    path = tmp_path / "stem_vit.pth"
+    torch.save(model.state_dict(), path)
+    loaded = vitkit.create_model("vit_nano_patch4_32", depth=2, img_size=32, num_classes=NUM_CLASSES,
+                                 stem_channels=(8, 16, 32), pretrained=str(path)).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(patch_size=6, img_size=36, stem_channels=(16,)), "power-of-two patch"),
+    (dict(stem_channels=(16, 0)), "positive integers"),
+])
+def test_bad_conv_stem_is_rejected_with_the_setting_named(kwargs, expected):
+    with pytest.raises(ValueError, match=expected):
+        vitkit.create_model("vit_nano_patch4_32", **kwargs)

@@ -1,8 +1,10 @@
 """Patch embedding and position embeddings for image transformers (Dosovitskiy et al. 2021, ViT;
+a convolutional stem as in Xiao et al. 2021, "Early Convolutions Help Transformers See Better";
 2-D sin-cos positions as in MAE, He et al. 2022)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +20,17 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 class PatchEmbed(nn.Module):
-    """Image (B, C, H, W) -> patch tokens (B, H/p * W/p, dim) by one strided convolution (`proj`, timm name)."""
+    """Image (B, C, H, W) -> patch tokens (B, H/p * W/p, dim) by one strided convolution (`proj`, timm name).
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+    `stem_channels` puts a small convolutional stem in front (Xiao et al. 2021): one 3x3 conv + BatchNorm +
+    ReLU per entry, the last log2(p) of them with stride 2 (earlier ones stride 1, at full resolution); `proj`
+    then patchifies what is left of the patch (a 1x1 conv once the stem has reduced by p). Same tokens out,
+    but local edges and corners come from convolutions: on small images from scratch a ViT sees shapes far
+    sooner (see `configs/captioning/shapes_vqa.yaml`). Without it the module and its weights are timm's.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,
+                 embed_dim: int = 768, stem_channels: Sequence[int] | None = None) -> None:
         super().__init__()
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
@@ -33,16 +43,38 @@ class PatchEmbed(nn.Module):
             )
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.in_chans = in_chans
+        self.stem, kernel, width = None, self.patch_size, in_chans
+        if stem_channels:
+            self.stem, kernel, width = _conv_stem(in_chans, list(stem_channels), self.patch_size)
+        self.proj = nn.Conv2d(width, embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.proj.in_channels:
+        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:
             raise ValueError(
-                f"PatchEmbed: input of shape {tuple(x.shape)}; expected (B, {self.proj.in_channels}, "
+                f"PatchEmbed: input of shape {tuple(x.shape)}; expected (B, {self.in_chans}, "
                 f"{self.img_size[0]}, {self.img_size[1]}). Build the model with img_size={tuple(x.shape[-2:])} "
                 f"(position embeddings are resampled on load) or resize the input"
             )
+        if self.stem is not None:
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, h, w) -> (B, h*w, dim)
+
+
+def _conv_stem(in_chans: int, channels: list[int], patch: tuple[int, int]) -> tuple[nn.Sequential, tuple[int, int], int]:
+    """3x3 conv-BN-ReLU layers; the last ones stride 2 while the patch allows. Returns (stem, proj kernel, width)."""
+    if any(not isinstance(c, int) or c <= 0 for c in channels):
+        raise ValueError(f"stem_channels={channels}; expected positive integers (output channels per 3x3 conv)")
+    if patch[0] != patch[1] or patch[0] & (patch[0] - 1):
+        raise ValueError(f"a convolutional stem needs a square power-of-two patch size; got patch_size={patch}")
+    downs = min(len(channels), patch[0].bit_length() - 1)  # stride-2 convs: at most log2(p)
+    layers, width = [], in_chans
+    for i, c in enumerate(channels):
+        stride = 2 if i >= len(channels) - downs else 1
+        layers += [nn.Conv2d(width, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        width = c
+    kernel = patch[0] >> downs
+    return nn.Sequential(*layers), (kernel, kernel), width
 
 
 def sincos_2d_pos_embed(embed_dim: int, grid_size: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
