@@ -15,7 +15,7 @@ from vitkit.data.shapes import ShapesConfig, generate_shapes
 from vitkit.errors import ConfigError, DataError, DatasetNotFoundError
 from vitkit.models import CaptionTransformer, VQATransformer
 from vitkit.nn import Attention, DecoderBlock, EncoderBlock
-from vitkit.tasks.text import caption_scores, caption_words, vqa_score
+from vitkit.tasks.text import answer_type, caption_scores, caption_words, vqa_score
 
 ENC = dict(encoder="vit_nano_patch4_32", img_size=32, encoder_kwargs={"depth": 1, "patch_size": 8, "embed_dim": 32,
                                                                      "num_heads": 2})
@@ -99,6 +99,9 @@ def test_vqa_accuracy_and_answer_normalisation():
     assert vqa_score("two", ["two"]) == 1.0 and vqa_score("three", ["two"]) == 0.0
     assert vqa_score("two", ["two", "two", "three", "two"]) == 1.0  # three people agree
     assert vqa_score("three", ["two", "two", "three", "two"]) == pytest.approx(1 / 3)
+    assert answer_type(["yes"]) == "yes_no" and answer_type(["no", "no", "yes"]) == "yes_no"
+    assert answer_type(["two"]) == "number" and answer_type(["12"]) == "number"
+    assert answer_type(["red", "red", "two"]) == "other" and answer_type([]) == "other"
 
 
 # --------------------------------------------------------------------------- readers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from vitkit.cli import main
 from vitkit.data.shapes import ShapesConfig, generate_shapes
+from vitkit.tasks.text import answer_type
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = ["--model.init_args.encoder_kwargs", '{"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2}',
@@ -105,6 +107,12 @@ def test_vqa_fit_loss_falls_and_test_logs_vqa_accuracy(answerer, shapes, tmp_pat
     with open(tmp_path / "shapes_vqa" / "version_0" / "metrics.csv") as f:
         row = next(csv.DictReader(f))
     assert 0.0 <= float(row["test/vqa_acc"]) <= 1.0
+    # per answer type (VQA's yes/no, number, other): every type of the test questions, weighted back to the total
+    counts = Counter(answer_type([q["answer"]]) for q in json.loads((shapes / "annotations/vqa_test.json").read_text()))
+    assert set(counts) == {"yes_no", "number", "other"}
+    by_type = {t: float(row[f"test/vqa_acc_{t}"]) for t in counts}
+    weighted = sum(counts[t] * by_type[t] for t in counts) / sum(counts.values())
+    assert weighted == pytest.approx(float(row["test/vqa_acc"]), abs=1e-5)
 
 
 def test_vqa_answers_a_question_file(answerer, shapes, tmp_path):
@@ -152,3 +160,19 @@ def test_freeze_encoder_keeps_the_captioners_encoder_out_of_training(captioner):
     trained = {id(p) for g in build_adamw(task.model, 1e-3, 0.05).param_groups for p in g["params"]}
     assert not any(id(p) in trained for p in task.model.encoder.parameters())
     assert all(id(p) in trained for n, p in task.model.named_parameters() if not n.startswith("encoder."))
+
+
+def test_a_frozen_stem_encoder_keeps_its_batchnorm_statistics_in_training():
+    from vitkit.tasks import VisualQA
+
+    task = VisualQA(encoder="vit_nano_patch4_32", img_size=32, vocab_size=50, num_classes=5, freeze_encoder=True,
+                    encoder_kwargs={"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2,
+                                    "stem_channels": [8, 16]},
+                    fusion_kwargs={"dim": 32, "depth": 1, "num_heads": 2})
+    before = {k: v.clone() for k, v in task.model.encoder.state_dict().items()}
+    task.train()  # what the Trainer does before every training epoch
+    assert task.model.training and not task.model.encoder.training
+    loss = task(torch.randn(4, 3, 32, 32) * 3 + 1, torch.randint(3, 50, (4, 6))).sum()
+    loss.backward()
+    for name, value in task.model.encoder.state_dict().items():
+        assert torch.equal(value, before[name]), name  # running means/variances included

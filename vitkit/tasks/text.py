@@ -13,12 +13,14 @@ import json
 import logging
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
@@ -590,9 +592,25 @@ def vqa_score(answer: str, references: list[str]) -> float:
     return min(1.0, sum(answer == r for r in references) / 3.0)
 
 
+ANSWER_TYPES = ("yes_no", "number", "other")
+_NUMBER_WORDS = frozenset("zero one two three four five six seven eight nine ten eleven twelve".split())
+
+
+def answer_type(references: list[str]) -> str:
+    """The VQA answer type of a question from its references' majority answer (Antol et al. 2015 report
+    accuracy per type): ``yes_no``, ``number`` (digits or a number word) or ``other``."""
+    if not references:
+        return "other"
+    top = Counter(references).most_common(1)[0][0]
+    if top in ("yes", "no"):
+        return "yes_no"
+    return "number" if top.isdigit() or top in _NUMBER_WORDS else "other"
+
+
 class VisualQA(TokenizerMixin, pl.LightningModule):
     """Visual question answering as answer classification (`VQATransformer`): label-smoothed cross-entropy
-    over the training answers; ``vqa_acc`` (0..1) in validation/test; predict writes ``predictions.json``/``.csv``.
+    over the training answers; ``vqa_acc`` (0..1) in validation/test, and per answer type (``vqa_acc_yes_no``,
+    ``vqa_acc_number``, ``vqa_acc_other``, as the VQA benchmark reports); predict writes ``predictions.json``/``.csv``.
 
     Args:
         encoder: registered image encoder. encoder_kwargs: its keyword arguments.
@@ -653,7 +671,16 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         if compile:
             self.model.compile(backend=compile_backend)
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
+        self.type_acc = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in ("val", "test") for t in ANSWER_TYPES})
         self._rows: list[dict] = []
+
+    def train(self, mode: bool = True) -> VisualQA:
+        """A frozen encoder stays in eval mode while the rest trains: its dropout is off and its BatchNorm
+        statistics (a convolutional stem's) stay as loaded."""
+        super().train(mode)
+        if self.hparams.freeze_encoder:
+            self.model.encoder.eval()
+        return self
 
     def forward(self, images: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         return self.model(images, question)
@@ -677,8 +704,16 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         logits = self(batch["images"], batch["question"])
         self.log(f"{stage}/loss", self._loss(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
         answers, _ = self._answer(logits)
-        metric.update(torch.tensor([vqa_score(a, r) for a, r in zip(answers, batch["answers"])], device=self.device))
+        scores = torch.tensor([vqa_score(a, r) for a, r in zip(answers, batch["answers"])], device=self.device)
+        metric.update(scores)
         self.log(f"{stage}/vqa_acc", metric, prog_bar=stage == "val")
+        types = [answer_type(r) for r in batch["answers"]]
+        for t in ANSWER_TYPES:
+            picked = torch.tensor([k == t for k in types], device=self.device)
+            if bool(picked.any()):  # a type no question of this split has is not logged (no NaN)
+                by_type = self.type_acc[f"{stage}_{t}"]
+                by_type.update(scores[picked])
+                self.log(f"{stage}/vqa_acc_{t}", by_type)
         return answers
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
