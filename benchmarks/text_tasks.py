@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
     "translation": ("configs/text/numbers_tiny.yaml", {"test/exact_match": 0.95}, ["test/bleu"], 600),
     "captions": ("configs/captioning/shapes_captions.yaml", {"test/bleu4": 0.5}, ["test/cider"], None),
-    "vqa": ("configs/captioning/shapes_vqa.yaml", {"test/vqa_acc": 0.90}, [], None),
+    "vqa": ("configs/captioning/shapes_vqa.yaml", {"test/vqa_acc": 0.90},
+            ["test/vqa_acc_yes_no", "test/vqa_acc_number", "test/vqa_acc_other"], None),
 }
 
 
