@@ -20,8 +20,8 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
@@ -708,12 +708,10 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         metric.update(scores)
         self.log(f"{stage}/vqa_acc", metric, prog_bar=stage == "val")
         types = [answer_type(r) for r in batch["answers"]]
-        for t in ANSWER_TYPES:
-            picked = torch.tensor([k == t for k in types], device=self.device)
-            if bool(picked.any()):  # a type no question of this split has is not logged (no NaN)
-                by_type = self.type_acc[f"{stage}_{t}"]
-                by_type.update(scores[picked])
-                self.log(f"{stage}/vqa_acc_{t}", by_type)
+        for t in ANSWER_TYPES:  # every rank logs every type (weight 0 where absent): NaN if the split has none
+            by_type = self.type_acc[f"{stage}_{t}"]
+            by_type.update(scores, weight=torch.tensor([float(k == t) for k in types], device=self.device))
+            self.log(f"{stage}/vqa_acc_{t}", by_type)
         return answers
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
