@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 import vitkit
+from vitkit.errors import CheckpointError
 from vitkit.nn import resample_pos_embed, sincos_2d_pos_embed
 
 NUM_CLASSES = 5
@@ -252,6 +253,11 @@ def test_conv_stem_keeps_the_token_grid_and_reloads_from_a_saved_file(tmp_path):
                                  stem_channels=(8, 16, 32), pretrained=str(path)).eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+    plain = tmp_path / "plain_vit.pth"  # a checkpoint without the stem is refused, naming the setting
+    torch.save(vitkit.create_model("vit_nano_patch4_32", depth=2, num_classes=NUM_CLASSES).state_dict(), plain)
+    with pytest.raises(CheckpointError, match="stem_channels"):
+        vitkit.create_model("vit_nano_patch4_32", depth=2, img_size=32, num_classes=NUM_CLASSES,
+                            stem_channels=(8, 16, 32), pretrained=str(plain))
 
 
 @pytest.mark.parametrize("kwargs, expected", [

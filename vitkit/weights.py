@@ -493,7 +493,7 @@ def _check_shapes(sd: StateDict, target: StateDict, source: str) -> None:
         details = "; ".join(f"{k}: checkpoint {f}, model {e}" for k, f, e in bad[:4])
         raise CheckpointError(
             f"checkpoint {source}: {len(bad)} tensor(s) do not fit the model ({details}); expected the same "
-            f"architecture (embed_dim, depth, mlp_ratio, patch_size) as the checkpoint{hint}"
+            f"architecture (embed_dim, depth, mlp_ratio, patch_size, stem_channels) as the checkpoint{hint}"
         )
 
 
