@@ -1,7 +1,7 @@
 """Does a ViT see the shapes? A plain 8x8 patchify against a convolutional stem (Xiao et al. 2021), same ViT after it.
 
-    python benchmarks/conv_stem.py                       # 1,200 steps each, about 10 min on 2 CPU cores
-    python benchmarks/conv_stem.py --steps 300 --json benchmarks/results/conv_stem_cpu.json
+    python benchmarks/conv_stem.py                       # 1,200 steps each, about 9 min on 2 CPU cores
+    python benchmarks/conv_stem.py --steps 800 --json benchmarks/results/conv_stem_cpu.json   # the README's numbers
 
 Both encoders (`vit_nano_patch4_32` at 64 px: 8x8 grid, 4 blocks of width 128; one of them with
 `stem_channels=(32, 32, 64, 128)`) learn the same direct task from scratch on shapes scenes made in memory by the

@@ -26,7 +26,7 @@ class PatchEmbed(nn.Module):
     ReLU per entry, the last log2(p) of them with stride 2 (earlier ones stride 1, at full resolution); `proj`
     then patchifies what is left of the patch (a 1x1 conv once the stem has reduced by p). Same tokens out,
     but local edges and corners come from convolutions: on small images from scratch a ViT sees shapes far
-    sooner (see `configs/captioning/shapes_vqa.yaml`). Without it the module and its weights are timm's.
+    sooner (`benchmarks/conv_stem.py`). Without it the module and its weights are timm's.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,

@@ -622,7 +622,8 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         lr: peak learning rate. weight_decay: AdamW weight decay. betas: AdamW betas.
         warmup_steps: linear warm-up steps. min_lr_ratio: final lr fraction of the cosine.
         label_smoothing: cross-entropy label smoothing.
-        freeze_encoder: train only the question embedding, fusion and head (the encoder stays as loaded).
+        freeze_encoder: train only the question embedding, fusion and head (the encoder stays as loaded, in
+            eval mode: no dropout, BatchNorm statistics unchanged).
         compile: ``torch.compile`` the model in place for training.
     """
 
