@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -221,11 +222,23 @@ def find_vitkit_error(err: BaseException | None) -> VitkitError | None:
     return None
 
 
+def show_vitkit_log(level: int = logging.INFO) -> None:
+    """Print vitkit's own log lines (the pipeline a folder got, what was cached, skipped or written) on stderr,
+    as Lightning prints its own; a handler the user configured is left alone."""
+    logger = logging.getLogger("vitkit")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("vitkit: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2.
     `explain ...` goes to `vitkit.explain.command` and `check-data ...` to `vitkit.checkdata` (argparse);
     everything else is LightningCLI."""
     argv = sys.argv[1:] if args is None else list(args)
+    show_vitkit_log()
     try:
         if argv[:1] == ["explain"]:
             from .explain.command import main as explain

@@ -1,7 +1,9 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
-from .classification import ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples
+from .classification import (
+    ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples, write_image_folder,
+)
 from .detection import DetectionDataModule
-from .images import list_images, load_rgb, scan_images
+from .images import ImageStats, image_stats, list_images, load_rgb, scan_images
 from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
 from .numbers import NumbersConfig, generate_numbers
@@ -9,7 +11,9 @@ from .text import Seq2SeqDataModule, TextTokenizer, read_pairs
 from .captioning import CaptioningDataModule, VQADataModule, read_captions, read_vqa
 from .transforms import (
     DEFAULT_TRANSFORMS,
+    FolderPipeline,
     build_transforms,
+    choose_folder_pipeline,
     cifar_transforms,
     digits_transforms,
     imagefolder_transforms,
@@ -23,6 +27,10 @@ __all__ = [
     "DetectionDataModule",
     "DEFAULT_TRANSFORMS",
     "FileDataset",
+    "FolderPipeline",
+    "ImageStats",
+    "choose_folder_pipeline",
+    "image_stats",
     "build_transforms",
     "cifar_transforms",
     "digits_transforms",
@@ -47,6 +55,7 @@ __all__ = [
     "read_pairs",
     "CaptioningDataModule",
     "VQADataModule",
+    "write_image_folder",
     "read_captions",
     "read_vqa",
 ]

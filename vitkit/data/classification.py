@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -12,6 +14,7 @@ import albumentations as A
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -20,13 +23,17 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError
 
-from .images import list_images, load_rgb, scan_images
+from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
 from .loading import SplitDataModule, make_loader
-from .transforms import DEFAULT_TRANSFORMS, AutoAugment, auto_augment_step, build_transforms
+from .transforms import (
+    DEFAULT_TRANSFORMS, AutoAugment, FolderPipeline, auto_augment_step, build_transforms, choose_folder_pipeline,
+)
 
 log = logging.getLogger("vitkit")
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
+CacheMode = Literal["auto", "ram", "none"]
+_CACHE_MODES = get_args(CacheMode)
 Split = Literal["train", "val", "test", "predict"]
 _SPLITS = get_args(Split)
 Sample = tuple[str, int]  # (image path, class index)
@@ -81,6 +88,11 @@ TORCHVISION_SOURCES = {
 }
 
 
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) gray -> (H, W, 3); an (H, W, 3) image is returned as it is."""
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
 class ArrayDataset(Dataset):
     """In-memory uint8 images, (N, H, W) gray or (N, H, W, 3) RGB; items are (image, label) or (image, name)."""
 
@@ -95,28 +107,38 @@ class ArrayDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
-        image = self.images[index]
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-        tensor = self.transform(image=image)["image"]  # (3, img_size, img_size) float32
+        tensor = self.transform(image=_as_rgb(self.images[index]))["image"]  # (3, img_size, img_size) float32
         return tensor, self.names[index] if self.with_names else int(self.labels[index])
 
 
 class FileDataset(Dataset):
-    """Image files decoded by `load_rgb`; items are (image, label) or (image, path)."""
+    """Image files decoded by `load_rgb` on every access, or once into memory by `cache()`; items are
+    (image, label) or (image, path)."""
 
     def __init__(self, samples: list[Sample], transform: A.Compose, with_paths: bool = False) -> None:
         self.samples = samples
         self.transform = transform
         self.with_paths = with_paths
+        self.images: np.ndarray | list[np.ndarray] | None = None  # decoded uint8 images, once cached
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
         path, label = self.samples[index]
-        tensor = self.transform(image=load_rgb(path))["image"]  # (H, W, 3) uint8 -> (3, img_size, img_size)
+        image = load_rgb(path) if self.images is None else _as_rgb(self.images[index])
+        tensor = self.transform(image=image)["image"]  # (H, W, 3) uint8 -> (3, img_size, img_size)
         return tensor, path if self.with_paths else label
+
+    def cache(self, workers: int | None = None) -> None:
+        """Decode every file once (threads; PIL releases the GIL) and serve the pixels from memory from now on:
+        gray images take one byte a pixel, and a folder of one image size becomes one array, which DataLoader
+        worker processes share with this one instead of copying."""
+        if self.images is not None:
+            return
+        images = decode_all([path for path, _ in self.samples], workers)
+        same = len({(im.shape, im.dtype) for im in images}) == 1
+        self.images = np.stack(images) if same else images
 
 
 class ClassificationDataModule(SplitDataModule):
@@ -147,7 +169,10 @@ class ClassificationDataModule(SplitDataModule):
             `num_classes` and `class_names` describe the subset. None keeps every class. For transfer
             experiments, e.g. pretrain on digits [0, 1, 2, 3, 4] and fine-tune on [5, 6, 7, 8, 9].
         train_transforms: albumentations steps for training, e.g. `[{name: HorizontalFlip, p: 0.5}]`; None
-            keeps the dataset's default augmentation. Normalize and ToTensorV2 are always appended.
+            keeps the dataset's default augmentation. Normalize and ToTensorV2 are always appended. An image
+            folder's default is chosen from what it holds (`folder_pipeline`, logged with its reason): small
+            images are resized whole and jittered lightly, photos get a random-resized crop; grayscale images
+            are never flipped or colour-jittered (see `choose_folder_pipeline`).
         auto_augment: "randaugment" or "trivialaugment" adds torchvision's RandAugment / TrivialAugmentWide
             to the training pipeline (after `train_transforms`, before Normalize); "none" adds nothing.
         randaugment_magnitude: RandAugment magnitude, 0..30 (torchvision's scale).
@@ -159,6 +184,11 @@ class ClassificationDataModule(SplitDataModule):
             counting them in `skipped` and logging a warning. When False, an unreadable file raises
             CorruptImageError, naming it, when it is loaded.
         predict_dir: folder of images to predict on (searched recursively); None predicts on the test split.
+        cache: image folders only: "ram" decodes the train/val/test images once in `setup()` and serves them
+            from memory (one byte a pixel for gray images); "auto" does so when the decoded folder fits in
+            `cache_budget_mb`, and logs the choice; "none" decodes every image on every access. Each process of a
+            multi-process run holds its own copy; DataLoader workers share the main process's.
+        cache_budget_mb: the most memory "auto" may fill with decoded images, in MiB.
     """
 
     def __init__(
@@ -182,6 +212,8 @@ class ClassificationDataModule(SplitDataModule):
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         skip_corrupt: bool = False,
         predict_dir: str | None = None,
+        cache: CacheMode = "auto",
+        cache_budget_mb: float = 1024.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -190,17 +222,65 @@ class ClassificationDataModule(SplitDataModule):
         self._label_map = _subset_label_map(classes, all_names, dataset)  # original label -> new label, -1: dropped
         self._class_names = all_names if classes is None else [all_names[i] for i in classes]
         self._all_class_names = all_names
-        default = DEFAULT_TRANSFORMS[dataset]
-        auto = auto_augment_step(auto_augment, randaugment_magnitude, randaugment_ops, "data.auto_augment")
-        self.train_transform = build_transforms(
-            train_transforms, default(img_size, train=True), "data.train_transforms", mean, std, extra=auto
-        )
-        self.eval_transform = build_transforms(
-            eval_transforms, default(img_size, train=False), "data.eval_transforms", mean, std
-        )
+        self._auto_augment = auto_augment_step(auto_augment, randaugment_magnitude, randaugment_ops, "data.auto_augment")
+        # An explicit pipeline is built (and checked) now; a folder's default waits for its images to be seen.
+        self._train_transform = self._eval_transform = None
+        if train_transforms is not None or dataset != "imagefolder":
+            self._train_transform = self._build_transform(train=True)
+        if eval_transforms is not None or dataset != "imagefolder":
+            self._eval_transform = self._build_transform(train=False)
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of unreadable files dropped by skip_corrupt
         self._datasets: dict[str, Dataset] = {}
         self._folders: dict[str, list[Sample]] = {}
+
+    @property
+    def train_transform(self) -> A.Compose:
+        if self._train_transform is None:
+            self._train_transform = self._build_transform(train=True)
+        return self._train_transform
+
+    @property
+    def eval_transform(self) -> A.Compose:
+        if self._eval_transform is None:
+            self._eval_transform = self._build_transform(train=False)
+        return self._eval_transform
+
+    def _build_transform(self, train: bool) -> A.Compose:
+        h = self.hparams
+        spec, field = (h.train_transforms, "data.train_transforms") if train else (h.eval_transforms, "data.eval_transforms")
+        if spec is not None:
+            default = []
+        elif h.dataset == "imagefolder":
+            default = self.folder_pipeline.train if train else self.folder_pipeline.eval
+        else:
+            default = DEFAULT_TRANSFORMS[h.dataset](h.img_size, train=train)
+        return build_transforms(spec, default, field, h.mean, h.std, extra=self._auto_augment if train else ())
+
+    @functools.cached_property
+    def folder_stats(self) -> ImageStats:
+        """Sizes, modes and colour of the training images of an image folder (a seeded sample of them)."""
+        if self.hparams.dataset != "imagefolder":
+            raise ValueError(f"folder_stats: data.dataset is {self.hparams.dataset!r}, not an image folder")
+        return image_stats([path for path, _ in self._folder_split("train")], seed=self.hparams.seed)
+
+    @functools.cached_property
+    def folder_pipeline(self) -> FolderPipeline:
+        """The default augmentation chosen for this image folder from `folder_stats`; logged once."""
+        h = self.hparams
+        choice = choose_folder_pipeline(self.folder_stats, h.img_size, auto_augment=h.auto_augment != "none")
+        explicit = [f for f, spec in (("train", h.train_transforms), ("eval", h.eval_transforms)) if spec is not None]
+        note = f" (data.{'/'.join(explicit)}_transforms given: used instead)" if explicit else ""
+        _log_once(f"data: {h.root}: {self.folder_stats.describe()}. Default pipeline {choice.name}: {choice.reason}"
+                  f"{note}. Set data.train_transforms / data.eval_transforms to choose another.")
+        return choice
+
+    def state_dict(self) -> dict:
+        """The folder pipeline chosen, kept in checkpoints so that `vitkit explain` evaluates images as testing did."""
+        chosen = self.__dict__.get("folder_pipeline")
+        return {"folder_pipeline": chosen.name} if chosen is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # the choice is made again from the data; the stored name is for readers of the checkpoint
 
     @property
     def num_classes(self) -> int:
@@ -223,7 +303,28 @@ class ClassificationDataModule(SplitDataModule):
                 raise DatasetNotFoundError(f"{source.title}: download failed ({err}). {message}") from err
 
     def setup(self, stage: str | None = None) -> None:
-        self._prepare(_STAGE_SPLITS[stage])
+        splits = _STAGE_SPLITS[stage]
+        self._prepare(splits)
+        if self.hparams.dataset == "imagefolder":
+            self._cache(splits)
+
+    def _cache(self, splits: Sequence[str]) -> None:
+        """Decode the folder splits of this stage into memory when data.cache says so (see `cache`)."""
+        h = self.hparams
+        datasets = [ds for ds in dict.fromkeys(self._datasets[s] for s in splits) if ds.images is None]
+        if h.cache == "none" or not datasets:
+            return
+        n = sum(len(ds) for ds in datasets)
+        need = n * self.folder_stats.mean_pixels * (1 if self.folder_stats.grayscale else 3) / 2**20
+        if h.cache == "auto" and need > h.cache_budget_mb:
+            _log_once(f"data.cache auto: {n} images would take ~{need:.0f} MiB decoded, over data.cache_budget_mb "
+                      f"{h.cache_budget_mb:.0f}: decoding from disk on every access")
+            return
+        start = time.perf_counter()
+        for ds in datasets:
+            ds.cache()
+        _log_once(f"data.cache {h.cache}: {n} images of {', '.join(splits)} decoded into memory (~{need:.1f} MiB) in "
+                  f"{time.perf_counter() - start:.1f} s")
 
     def get_dataset(self, split: Split) -> Dataset:
         """The dataset of one split, built (and scanned, with skip_corrupt) on first use."""
@@ -358,6 +459,8 @@ def _check_hparams(h) -> None:
              h.val_fraction + h.test_fraction, "less than 1, leaving images to train on")
     _require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
     _require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
+    _require(h.cache in _CACHE_MODES, "data.cache", h.cache, f"one of {', '.join(_CACHE_MODES)}")
+    _require(h.cache_budget_mb >= 0, "data.cache_budget_mb", h.cache_budget_mb, "0 or more MiB")
 
 
 def _require(ok: bool, field: str, found: object, expected: str) -> None:
@@ -469,9 +572,38 @@ def _collate_named(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor,
 
 
 @rank_zero_only
+def _log_once(message: str) -> None:
+    log.info(message)
+
+
+@rank_zero_only
 def _report_skipped(skipped: list[tuple[str, str]], shown: int = 5) -> None:
     listed = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
     more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
     message = f"skipped {len(skipped)} unreadable image(s) (data.skip_corrupt: true): {listed}{more}"
     log.warning(message)
     rank_zero_warn(message)
+
+
+def write_image_folder(dm: ClassificationDataModule, root: str, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, int]:
+    """Write the splits of an in-memory dataset (digits, MNIST, CIFAR ...) as PNG class folders,
+    `<root>/<split>/<class>/<index>.png`, the layout `dataset: imagefolder` reads: to train a dataset through
+    the user-data path, on the very split the in-memory run uses. Class folders sort in label order (names
+    that would not are prefixed with their index). Returns the images written per split."""
+    if dm.hparams.dataset == "imagefolder":
+        raise ConfigError(f"write_image_folder: data.dataset is already an image folder ({dm.hparams.root})")
+    safe = [re.sub(r"[^\w.-]+", "_", name) for name in dm.class_names]
+    if sorted(safe) != safe or len(set(safe)) != len(safe):
+        width = len(str(len(safe) - 1))
+        safe = [f"{i:0{width}d}_{name}" for i, name in enumerate(safe)]
+    written = {}
+    for split in splits:
+        images, labels, names = dm._array_split(split)
+        for folder in {safe[label] for label in labels}:
+            os.makedirs(os.path.join(root, split, folder), exist_ok=True)
+        width = len(str(max((int(name.rsplit("/", 1)[-1]) for name in names), default=0)))
+        for image, label, name in zip(images, labels, names):
+            index = int(name.rsplit("/", 1)[-1])  # "<dataset>/<split>/<index into the source set>"
+            Image.fromarray(image).save(os.path.join(root, split, safe[label], f"{index:0{width}d}.png"))
+        written[split] = len(labels)
+    return written

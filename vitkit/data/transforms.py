@@ -5,6 +5,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import albumentations as A
@@ -15,6 +16,7 @@ from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2 as tv2
 
 from ..errors import ConfigError
+from .images import ImageStats
 
 
 def digits_transforms(img_size: int, train: bool) -> list[A.BasicTransform]:
@@ -48,6 +50,65 @@ def imagefolder_transforms(img_size: int, train: bool) -> list[A.BasicTransform]
     if train:
         return [A.RandomResizedCrop(size=(img_size, img_size), scale=(0.35, 1.0)), A.HorizontalFlip(p=0.5)]
     return [A.SmallestMaxSize(max_size=round(img_size / 0.875)), A.CenterCrop(height=img_size, width=img_size)]
+
+
+# Image folders: the default pipeline is chosen from what the folder holds (`choose_folder_pipeline`).
+SMALL_IMAGE_SIDE = 64  # px: thumbnails, digits, CIFAR-like crops; an 8 %-area crop of these leaves nothing
+LARGE_DATASET = 100_000  # images: ImageNet-scale folders get Inception's full crop-scale range
+
+
+@dataclass(frozen=True)
+class FolderPipeline:
+    """The default augmentation chosen for an image folder, and why: `name` is one of "small-gray",
+    "small-colour", "photo-gray", "photo-colour"; `train` and `eval` are albumentations steps (before Normalize)."""
+
+    name: str
+    reason: str
+    train: list[A.BasicTransform]
+    eval: list[A.BasicTransform]
+
+
+def choose_folder_pipeline(stats: ImageStats, img_size: int, auto_augment: bool = False) -> FolderPipeline:
+    """The default pipeline for a folder whose training images look like `stats`.
+
+    - Small images (median short side at most `SMALL_IMAGE_SIDE` px, or at most half of `img_size`) are
+      resized whole and jittered lightly (scale 0.9-1.1, shift 10 %, rotation 10 degrees, half the time), as the
+      digits are: a random-resized crop of a 28 px image keeps a few strokes, and a centre crop at test time
+      cuts the edges off. Photos get the Inception-style random-resized crop (scale from 0.35, or from 0.08 as
+      timm for ImageNet-scale folders of `LARGE_DATASET` images) and a resize + centre crop for evaluation.
+    - Grayscale images are never flipped (a mirrored digit or letter is another, or none) and get no colour
+      jitter; colour images are flipped, and colour photos jittered as timm does (brightness, contrast and
+      saturation 0.4) unless RandAugment/TrivialAugment already changes colours.
+    """
+    small = stats.short_side <= max(SMALL_IMAGE_SIDE, img_size // 2)
+    gray = stats.grayscale
+    name = f"{'small' if small else 'photo'}-{'gray' if gray else 'colour'}"
+    seen = f"median {stats.median_size[0]}x{stats.median_size[1]} px {'grayscale' if gray else 'colour'} images"
+    flip = [] if gray else [A.HorizontalFlip(p=0.5)]
+    if small:
+        train = [*digits_transforms(img_size, train=True), *flip]
+        evaluate = digits_transforms(img_size, train=False)
+        why = (f"{seen}, small against img_size {img_size}: resized whole + light affine jitter"
+               f"{'' if gray else ' + horizontal flip'}; evaluation resizes whole")
+    else:
+        low = 0.08 if stats.images >= LARGE_DATASET else 0.35
+        jitter = [] if gray or auto_augment else [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0)]
+        train = [A.RandomResizedCrop(size=(img_size, img_size), scale=(low, 1.0)), *flip, *jitter]
+        evaluate = imagefolder_transforms(img_size, train=False)
+        why = (f"{seen}, {stats.images} of them: random-resized crop (scale {low}-1)"
+               f"{'' if gray else ' + horizontal flip'}{' + colour jitter' if jitter else ''}; evaluation resizes "
+               "and centre-crops")
+    if gray:
+        why += "; grayscale: no flip, no colour jitter"
+    return FolderPipeline(name, why, train, evaluate)
+
+
+def default_eval_steps(dataset: str, img_size: int, folder_pipeline: str | None = None) -> list[A.BasicTransform]:
+    """The default evaluation steps of a dataset family; for an image folder, those of the pipeline that was
+    chosen for it (`FolderPipeline.name`, kept in checkpoints), or the photo one when that is not known."""
+    if dataset == "imagefolder" and (folder_pipeline or "").startswith("small"):
+        return digits_transforms(img_size, train=False)
+    return DEFAULT_TRANSFORMS[dataset](img_size, train=False) if dataset in DEFAULT_TRANSFORMS else []
 
 
 DEFAULT_TRANSFORMS = {

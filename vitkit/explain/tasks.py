@@ -18,7 +18,7 @@ import torch
 from rich.progress import track
 
 from ..data.images import load_rgb
-from ..data.transforms import DEFAULT_TRANSFORMS, build_transforms
+from ..data.transforms import build_transforms, default_eval_steps
 from ..errors import ConfigError
 from ..nn import capture_attention
 from .methods import cross_attention_maps, explain_classifier, region_read_out, rollout, to_grid
@@ -75,7 +75,8 @@ def eval_pipeline(ckpt: dict, img_size: tuple[int, int]):
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     mean, std = _normalisation(ckpt)
     h, w = img_size
-    steps = DEFAULT_TRANSFORMS[dm["dataset"]](h, train=False) if dm.get("dataset") in DEFAULT_TRANSFORMS else []
+    chosen = (ckpt.get("ClassificationDataModule") or {}).get("folder_pipeline")  # an image folder's default
+    steps = default_eval_steps(dm.get("dataset"), h, chosen)
     fit = [A.Resize(height=h, width=w)]  # any input size ends at the model's
     return build_transforms(dm.get("eval_transforms"), steps, "data.eval_transforms", mean, std, extra=fit), mean, std
 
