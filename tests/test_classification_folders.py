@@ -138,3 +138,14 @@ def test_bad_cache_settings_are_config_errors():
         ClassificationDataModule("digits", cache="disk")
     with pytest.raises(ConfigError, match="data.cache_budget_mb"):
         ClassificationDataModule("digits", cache_budget_mb=-1)
+
+
+def test_check_data_prints_the_folder_summary_the_pipeline_is_chosen_from(digits_folder, capsys):
+    from vitkit.checkdata import main as check_data
+
+    root, _ = digits_folder
+    check_data(["--config", "configs/classification/vit_tiny_digits.yaml", "--data.init_args.dataset", "imagefolder",
+                "--data.init_args.root", str(root)])
+    out = capsys.readouterr().out
+    assert "train: 1258 images in 10 classes" in out and "size median 8x8" in out and "modes L 1258" in out
+    assert "default pipeline: small-gray" in out and "check-data OK" in out

@@ -48,6 +48,7 @@ class Report:
     items: dict[str, int]
     findings: list[Finding]
     notes: dict[str, str] = field(default_factory=dict)  # split -> remark shown in the table
+    summary: list[str] = field(default_factory=list)  # what the data looks like, printed above the table
 
     @property
     def errors(self) -> int:
@@ -144,7 +145,9 @@ def check_classification(dm, splits: Sequence[str], limit: int | None, workers: 
         if hasattr(ds, "samples"):  # image files
             samples = list(ds.samples)[:limit]
             paths, labels = [p for p, _ in samples], np.array([label for _, label in samples], dtype=np.int64)
-            findings += image_findings(split, inspect_images(paths, workers))
+            infos = inspect_images(paths, workers)
+            findings += image_findings(split, infos)
+            report.summary.append(folder_summary(split, infos, labels, dm.class_names))
             findings += duplicate_findings(split, paths, "file")
             ids[split] = set(paths)
         else:  # in-memory arrays (digits, torchvision sets)
@@ -156,7 +159,25 @@ def check_classification(dm, splits: Sequence[str], limit: int | None, workers: 
         items[split] = len(labels)
         findings += _empty(split, len(labels))
     report.findings = findings + leak_findings(ids)
+    if getattr(dm.hparams, "dataset", None) == "imagefolder" and dm.hparams.train_transforms is None and items.get("train"):
+        choice = dm.folder_pipeline  # what training on this folder would use, from the same statistics
+        report.summary.append(f"default pipeline: {choice.name}: {choice.reason}")
     return report
+
+
+def folder_summary(split: str, infos: Sequence[ImageInfo], labels: np.ndarray, class_names: Sequence[str]) -> str:
+    """One line on a folder split: images, classes (fewest/most images), sizes and modes: what the default
+    pipeline and the cache are chosen from."""
+    sizes = np.array([i.size for i in infos if i.size is not None]).reshape(-1, 2)  # (n, 2) width, height
+    counts = np.bincount(labels[labels >= 0], minlength=len(class_names)) if len(labels) else np.zeros(0, int)
+    if not len(sizes):
+        return f"{split}: {len(infos)} images, none readable"
+    (w, h), (w0, h0), (w1, h1) = (np.median(sizes, axis=0).astype(int), sizes.min(axis=0), sizes.max(axis=0))
+    modes = ", ".join(f"{m} {n}" for m, n in Counter(i.mode for i in infos if i.mode).most_common())
+    fewest, most = int(counts.argmin()), int(counts.argmax())
+    return (f"{split}: {len(infos)} images in {int((counts > 0).sum())} classes (fewest {counts[fewest]} in "
+            f"{class_names[fewest]!r}, most {counts[most]} in {class_names[most]!r}); size median {w}x{h} "
+            f"(min {w0}x{h0}, max {w1}x{h1}); modes {modes}")
 
 
 def check_segmentation(dm, splits: Sequence[str], limit: int | None, workers: int | None) -> Report:
@@ -317,6 +338,8 @@ def print_report(report: Report, title: str, show: int, out=None) -> None:
 
     console = Console(file=out or sys.stdout, width=160)
     console.print(title, markup=False, highlight=False)
+    for line in report.summary:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     table = Table()
     for column in ("split", "items", "errors", "warnings", "what"):
         table.add_column(column, justify="right" if column in ("items", "errors", "warnings") else "left")
