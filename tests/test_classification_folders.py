@@ -149,3 +149,32 @@ def test_check_data_prints_the_folder_summary_the_pipeline_is_chosen_from(digits
     out = capsys.readouterr().out
     assert "train: 1258 images in 10 classes" in out and "size median 8x8" in out and "modes L 1258" in out
     assert "default pipeline: small-gray" in out and "check-data OK" in out
+
+
+def test_the_readme_command_trains_a_folder_of_digit_pngs_with_data_flags_only(digits_folder, tmp_path, caplog):
+    """The short CI version of benchmarks/folder_accuracy.py: a few dozen steps on which the loss must fall."""
+    import csv
+    from pathlib import Path
+
+    from vitkit.cli import main
+
+    root, _ = digits_folder
+    config = str(Path(__file__).resolve().parents[1] / "configs/classification/digits_speedrun.yaml")
+    with caplog.at_level(logging.INFO, logger="vitkit"):
+        main(["fit", "--config", config, "--data.init_args.dataset", "imagefolder", "--data.init_args.root", str(root),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
+              "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
+    assert "Default pipeline small-gray" in caplog.text and "decoded into memory" in caplog.text  # shown to the user
+    (metrics,) = tmp_path.glob("digits_speedrun/version_*/metrics.csv")
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 36 and np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
+    assert max(float(r["val/acc"]) for r in rows if r.get("val/acc")) > 0.3  # well above chance (0.1) in 2 epochs
+    # the checkpoint remembers the pipeline, so `vitkit explain` evaluates images as testing did (whole, no crop)
+    from vitkit.explain.tasks import eval_pipeline
+
+    ckpt = torch.load(metrics.parent / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["ClassificationDataModule"] == {"folder_pipeline": "small-gray"}
+    transform, _, _ = eval_pipeline(ckpt, (16, 16))
+    assert _names(transform) == ["Resize", "Resize", "Normalize", "ToTensorV2"]
