@@ -1,8 +1,12 @@
 """How far a small ViT gets on scikit-learn's 8x8 digits (1,258 training images), trained from scratch on CPU.
 
-    python benchmarks/digits_accuracy.py                      # the README config and the longer recipe, 3 seeds
+    python benchmarks/digits_accuracy.py                      # the 32 px config and the longer recipe, 3 seeds
     python benchmarks/digits_accuracy.py --recipes readme --seeds 0
+    python benchmarks/digits_accuracy.py --recipes speedrun speedrun-no-stem-24ep --seeds 0 1 2   # the speedrun search
     python benchmarks/digits_accuracy.py --json benchmarks/results/digits_cpu.json
+
+The `speedrun*` recipes are `configs/classification/digits_speedrun.yaml` (read from the file) with one change
+each: the steps of the search told in benchmarks/README.md.
 
 Each recipe is trained with Lightning exactly as `train.py fit` would (same task, data module and
 defaults), then tested on the fixed held-out test split (359 images). Prints a markdown table of test
@@ -18,29 +22,64 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from vitkit.data import ClassificationDataModule
 from vitkit.tasks import ImageClassifier
 
 MEAN_POOL = {"global_pool": "avg", "class_token": False}
+SPEEDRUN = Path(__file__).resolve().parents[1] / "configs/classification/digits_speedrun.yaml"
 
-# name -> (model kwargs, task kwargs, data kwargs, epochs)
-RECIPES = {
-    # configs/classification/vit_tiny_digits.yaml
-    "readme": ({"depth": 6, **MEAN_POOL}, {"lr": 1e-3}, {}, 30),
-    # the same ViT trained longer, with stochastic depth
-    "long": ({"depth": 6, "drop_path_rate": 0.1, **MEAN_POOL}, {"lr": 1e-3}, {}, 100),
-}
+
+def from_config(path: Path) -> dict:
+    """A recipe (model, model_kwargs, task kwargs, data kwargs, epochs) from a classification config."""
+    cfg = yaml.safe_load(path.read_text())
+    task = dict(cfg["model"]["init_args"])
+    data = {k: v for k, v in cfg["data"]["init_args"].items() if k in ("img_size", "batch_size")}
+    return {"model": task.pop("model"), "model_kw": task.pop("model_kwargs", {}), "task_kw": task, "data_kw": data,
+            "epochs": cfg["trainer"]["max_epochs"]}
+
+
+def variant(base: dict, epochs: int | None = None, drop: tuple[str, ...] = (), **changes) -> dict:
+    """`base` with model/task keyword changes (a key in `drop` removed from the model's)."""
+    model_kw = {k: v for k, v in base["model_kw"].items() if k not in drop}
+    task_kw = dict(base["task_kw"])
+    for key, value in changes.items():
+        (task_kw if key in ("lr", "warmup_epochs", "ema_decay", "label_smoothing") else model_kw)[key] = value
+    return {**base, "model_kw": model_kw, "task_kw": task_kw, "epochs": epochs or base["epochs"]}
+
+
+def _recipes() -> dict[str, dict]:
+    tiny32 = {"model": "vit_tiny_patch4_32", "data_kw": {"img_size": 32, "batch_size": 64}}
+    speedrun = from_config(SPEEDRUN)
+    return {
+        # configs/classification/vit_tiny_digits.yaml
+        "readme": {**tiny32, "model_kw": {"depth": 6, **MEAN_POOL}, "task_kw": {"lr": 1e-3}, "epochs": 30},
+        # the same ViT trained longer, with stochastic depth
+        "long": {**tiny32, "model_kw": {"depth": 6, "drop_path_rate": 0.1, **MEAN_POOL}, "task_kw": {"lr": 1e-3}, "epochs": 100},
+        "speedrun": speedrun,
+        "speedrun-24ep": variant(speedrun, epochs=24),
+        "speedrun-no-stem-24ep": variant(speedrun, epochs=24, drop=("stem_channels",)),
+        "speedrun-no-stem-28ep": variant(speedrun, epochs=28, drop=("stem_channels",)),
+        "speedrun-no-stem-lr2e-3-30ep": variant(speedrun, epochs=30, drop=("stem_channels",), lr=2e-3),
+        "speedrun-no-stem-drop-path-24ep": variant(speedrun, epochs=24, drop=("stem_channels",), drop_path_rate=0.1),
+        "speedrun-no-stem-ema-24ep": variant(speedrun, epochs=24, drop=("stem_channels",), ema_decay=0.998),
+    }
+
+
+RECIPES = _recipes()
 
 
 def run_recipe(name: str, seed: int) -> dict:
-    model_kw, task_kw, data_kw, epochs = RECIPES[name]
+    r = RECIPES[name]
     pl.seed_everything(seed, workers=True)
-    dm = ClassificationDataModule(dataset="digits", img_size=32, batch_size=64, **data_kw)
-    task = ImageClassifier("vit_tiny_patch4_32", num_classes=10, img_size=32, model_kwargs=model_kw, **task_kw)
+    dm = ClassificationDataModule(dataset="digits", **r["data_kw"])
+    task = ImageClassifier(r["model"], num_classes=10, img_size=dm.hparams.img_size, model_kwargs=r["model_kw"], **r["task_kw"])
+    epochs = r["epochs"]
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="vitkit-digits-"))
     start = time.perf_counter()
@@ -76,14 +115,14 @@ def table(results: list[dict], svm: float) -> str:
         accs = [r["test_acc"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(f"| {name} | {rs[0]['epochs']} | {rs[0]['params'] / 1e6:.2f} M | {statistics.mean(accs):.2%} ± {std:.2%} | "
-                     f"{len(rs)} | {statistics.mean(r['fit_s'] for r in rs) / 60:.1f} min |")
+                     f"{len(rs)} | {statistics.mean(r['fit_s'] for r in rs):.0f} s |")
     lines.append(f"| RBF-SVM (reference) | — | — | {svm:.2%} | — | — |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=["readme", "long"], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()

@@ -121,7 +121,8 @@ def train(config: str, root: str | None, seed: int, runs: str) -> dict:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    (metrics,) = glob.glob(os.path.join(runs, name, "version_*", "metrics.csv"))
+    versions = glob.glob(os.path.join(runs, name, "version_*", "metrics.csv"))  # the newest: --out may be reused
+    metrics = max(versions, key=lambda path: int(Path(path).parent.name.split("_")[1]))
     with open(metrics) as f:
         test = [float(r["test/acc"]) for r in csv.DictReader(f) if r.get("test/acc")]
     chosen = [line for line in done.stderr.splitlines() if "Default pipeline" in line]
@@ -130,14 +131,15 @@ def train(config: str, root: str | None, seed: int, runs: str) -> dict:
 
 
 def table(runs: list[dict], classic: dict[str, list[dict]]) -> str:
-    lines = ["| data | method | test accuracy (mean ± std) | seeds | wall time / run |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| data | method | test accuracy (mean ± std) | seeds | wall time / run (median, range) |",
+             "| --- | --- | --- | --- | --- |"]
     for data in dict.fromkeys(r["data"] for r in runs):
         rs = [r for r in runs if r["data"] == data]
-        accs = [r["test_acc"] for r in rs]
+        accs, walls = [r["test_acc"] for r in rs], [r["wall_s"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         method = "vitkit, embedded" if data == "embedded" else f"vitkit, folder ({rs[0]['pipeline']})"
         lines.append(f"| {data} | {method} | {statistics.mean(accs):.2%} ± {std:.2%} "
-                     f"(min {min(accs):.2%}) | {len(rs)} | {statistics.mean(r['wall_s'] for r in rs):.0f} s |")
+                     f"(min {min(accs):.2%}) | {len(rs)} | {statistics.median(walls):.0f} s ({min(walls):.0f}-{max(walls):.0f}) |")
         for row in classic.get(data, []):
             lines.append(f"| {data} | {row['method']} | {row['test_acc']:.2%} | — | {row['seconds']:.1f} s |")
     return "\n".join(lines)
