@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
@@ -19,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from ..errors import ConfigError
 from ..models import create_model
+from .base import VitkitTask
 from .finetune import BatchMixer, WeightEMA, freeze_
 from .optim import build_adamw, schedule_steps, warmup_cosine_scheduler
 from .reports import per_class_table, save_confusion_matrix
@@ -26,7 +26,7 @@ from .reports import per_class_table, save_confusion_matrix
 log = logging.getLogger("vitkit")
 
 
-class ImageClassifier(WeightEMA, pl.LightningModule):
+class ImageClassifier(WeightEMA, VitkitTask):
     """Trains any registered vitkit model (`vitkit.list_models()`) as an image classifier.
 
     Args:
@@ -106,10 +106,7 @@ class ImageClassifier(WeightEMA, pl.LightningModule):
         self.mixer = BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0 else None
         self.soft_ce = SoftTargetCrossEntropy()
         self.init_ema(ema_decay)
-        if compile:  # nn.Module.compile is in place: state-dict keys get no `_orig_mod.` prefix
-            self.model.compile(backend=compile_backend)
-            if self.ema is not None:
-                self.ema.module.compile(backend=compile_backend)
+        self.maybe_compile(compile, compile_backend, self.model, self.ema.module if self.ema is not None else None)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.k = min(top_k, num_classes)
         metrics = MetricCollection(
@@ -155,7 +152,7 @@ class ImageClassifier(WeightEMA, pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
-        self._write_test_report(matrix, Path(self.trainer.log_dir or self.trainer.default_root_dir))  # log_dir: on every rank
+        self._write_test_report(matrix, self.run_dir())  # asked on every rank: under DDP all agree on the folder
 
     @rank_zero_only
     def _write_test_report(self, matrix: torch.Tensor, out: Path) -> None:
@@ -180,10 +177,9 @@ class ImageClassifier(WeightEMA, pl.LightningModule):
         self._predictions = []
 
     def on_predict_epoch_end(self) -> None:
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        write_predictions(self._predictions, out / f"predictions{suffix}.csv", out / f"predictions{suffix}.json")
-        log.info("%d predictions written to %s", len(self._predictions), out / f"predictions{suffix}.csv")
+        csv_path, json_path = self.output_path("predictions.csv"), self.output_path("predictions.json")
+        write_predictions(self._predictions, csv_path, json_path)
+        log.info("%d predictions written to %s", len(self._predictions), csv_path)
 
     # -- optimisation --
     def configure_optimizers(self):

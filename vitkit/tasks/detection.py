@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_only
@@ -22,6 +21,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..errors import ConfigError
 from ..models import create_model
+from .base import VitkitTask
 from .finetune import WeightEMA
 from .matcher import HungarianMatcher
 from .optim import adamw, schedule_steps, warmup_cosine_scheduler
@@ -29,7 +29,6 @@ from .optim import adamw, schedule_steps, warmup_cosine_scheduler
 log = logging.getLogger("vitkit")
 
 Target = dict[str, Any]
-_RUNTIME = ("top_k", "score_threshold", "display_threshold", "num_draw", "map_backend")  # not saved as hparams
 # torchmetrics' names of COCOeval's 12 summary numbers, in pycocotools' order
 COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -210,7 +209,7 @@ def coco_table(stats: dict[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- task
-class ObjectDetector(WeightEMA, pl.LightningModule):
+class ObjectDetector(WeightEMA, VitkitTask):
     """Trains and evaluates a registered detector (`detr_vit_*`, `yolos_*`; `vitkit.list_models(family="detection")`).
 
     Batches are `(images, targets)` from `vitkit.data.DetectionDataModule`. Validation and test log
@@ -247,6 +246,7 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
 
     monitor = "val/map"
     monitor_mode = "max"
+    runtime_hparams = ("top_k", "score_threshold", "display_threshold", "num_draw", "map_backend")
 
     def __init__(
         self,
@@ -278,7 +278,7 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
         super().__init__()
         # evaluation/display settings stay out of the checkpoint's hyper-parameters, so that `test`/`predict`
         # with --ckpt_path take them from the command line rather than from the training run
-        self.save_hyperparameters(ignore=list(_RUNTIME))
+        self.save_hyperparameters(ignore=list(self.runtime_hparams))
         self.top_k, self.score_threshold, self.display_threshold, self.num_draw = top_k, score_threshold, display_threshold, num_draw
         self.map_backend = map_backend
         if class_names is not None and len(class_names) != num_classes:
@@ -378,14 +378,8 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
         ids = getattr(self.trainer.datamodule, "category_ids", None) if self.trainer is not None else None
         return list(ids) if ids is not None else list(range(self.hparams.num_classes))
 
-    def _run_dir(self) -> Path:
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-
     def _write_results(self) -> None:
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = self._run_dir() / f"coco_results{suffix}.json"
+        path = self.output_path("coco_results.json")
         path.write_text(json.dumps(self._results))
         log.info("%d detections written to %s (COCO results format)", len(self._results), path)
 
@@ -393,7 +387,7 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
     def _print_table(self, stats: dict[str, float]) -> None:
         table = coco_table(stats)
         print(f"COCO bbox evaluation ({self.map_backend}):\n{table}")
-        (self._run_dir() / "coco_eval.txt").write_text(table + "\n")
+        (self.run_dir() / "coco_eval.txt").write_text(table + "\n")
 
     # -- prediction --
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
@@ -416,8 +410,7 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
         self._predictions, self._drawn = [], []
 
     def on_predict_epoch_end(self) -> None:
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = self._run_dir() / f"predictions{suffix}.json"
+        path = self.output_path("predictions.json")
         path.write_text(json.dumps(self._predictions, indent=1))
         log.info("detections for %d images written to %s", len(self._predictions), path)
         self._draw("predict")
@@ -435,7 +428,7 @@ class ObjectDetector(WeightEMA, pl.LightningModule):
     def _draw(self, stage: str) -> None:
         if not self._drawn:
             return
-        folder = self._run_dir() / "detections"
+        folder = self.run_dir() / "detections"
         folder.mkdir(exist_ok=True)
         for i, (path, boxes, scores, labels, gt) in enumerate(self._drawn):
             draw_detections(path, boxes, scores, [self.class_names[c] for c in labels.tolist()], gt,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -18,13 +17,14 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from ..errors import ConfigError
 from ..models.segmenter import create_segmenter, sliding_window_logits
+from .base import VitkitTask
 from .optim import build_adamw, param_groups, schedule_steps, warmup_cosine_scheduler
 from .seg_metrics import colorize, confusion_metric, iou_table, overlay, save_index_png, save_panels, scores_from_confusion
 
 log = logging.getLogger("vitkit")
 
 
-class SemanticSegmenter(pl.LightningModule):
+class SemanticSegmenter(VitkitTask):
     """Trains a registered segmentation model (`vitkit.models.segmenter.list_segmenters()`).
 
     Batches are dicts from `SegmentationDataModule`: ``image`` (B, 3, H, W) (or a list of (3, H, W) at
@@ -220,7 +220,7 @@ class SemanticSegmenter(pl.LightningModule):
 
     @rank_zero_only
     def _write_test_report(self, scores) -> None:
-        out = self._out_dir()
+        out = self.run_dir()
         iou_table(scores, self.class_names, out / "per_class_iou.csv")
         log.info("test report written to %s (per_class_iou.csv, test_samples/)", out)
 
@@ -230,7 +230,7 @@ class SemanticSegmenter(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         hp = self.hparams
-        out = self._out_dir() / "predictions"
+        out = self.run_dir() / "predictions"
         out.mkdir(parents=True, exist_ok=True)
         rows = []
         for x, _, paths in self._items(batch):
@@ -246,17 +246,12 @@ class SemanticSegmenter(pl.LightningModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = self._out_dir() / f"predictions{suffix}.json"
+        path = self.output_path("predictions.json")
         path.write_text(json.dumps(self._predictions, indent=1))
         log.info("%d predicted masks written to %s (index PNGs; overlays/ for the first %d)", len(self._predictions),
                  path.parent / "predictions", self.hparams.num_visualize)
 
     # -- pictures --
-    def _out_dir(self) -> Path:
-        trainer = self.trainer
-        return Path(trainer.log_dir or trainer.default_root_dir)
-
     @staticmethod
     def _unique_name(folder: Path, stem: str) -> Path:
         target, i = folder / f"{stem}.png", 1
@@ -269,7 +264,7 @@ class SemanticSegmenter(pl.LightningModule):
         truth overlay (when known) | prediction overlay side by side."""
         if self.global_rank != 0 or self._drawn >= self.hparams.num_visualize:
             return
-        out = self._out_dir() / folder
+        out = self.run_dir() / folder
         out.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(paths):
             if self._drawn >= self.hparams.num_visualize:

@@ -28,6 +28,7 @@ from torchmetrics.text import ROUGEScore, SacreBLEUScore
 from ..data.text import TextTokenizer, adopt_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model
+from .base import VitkitTask
 from .optim import build_adamw, warmup_cosine_scheduler
 
 log = logging.getLogger("vitkit")
@@ -35,7 +36,7 @@ log = logging.getLogger("vitkit")
 Seq2SeqMetric = Literal["bleu", "exact_match", "rougeL", "loss"]
 # decoding settings stay out of a checkpoint's hyper-parameters: LightningCLI re-applies those over the
 # command line for `test`/`predict --ckpt_path`, and how to decode is chosen at that time
-DECODING = ["beam_size", "length_penalty", "max_new_tokens", "predict_output"]
+DECODING = ("beam_size", "length_penalty", "max_new_tokens", "predict_output")  # runtime settings of both decoders
 
 
 # ------------------------------------------------------------------------------------------ shared plumbing
@@ -73,7 +74,7 @@ class TokenizerMixin:
 
     @rank_zero_only
     def _save_tokenizer_file(self) -> None:
-        path = self.tokenizer.save(run_dir(self) / "tokenizer.json")
+        path = self.tokenizer.save(self.run_dir() / "tokenizer.json")
         log.info("tokenizer (%d tokens) saved to %s", self.tokenizer.vocab_size, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -103,12 +104,6 @@ def check_tokenizer_fits(tok: TextTokenizer, hp) -> None:
     if theirs != ours:
         raise CheckpointError(f"tokenizer ({tok.origin}) has special ids {theirs}; the model was built with {ours}. "
                               f"Use the tokenizer the model was trained with")
-
-
-def run_dir(module: pl.LightningModule) -> Path:
-    out = Path(module.trainer.log_dir or module.trainer.default_root_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def configure_adamw_cosine(module: pl.LightningModule, model: torch.nn.Module):
@@ -141,7 +136,7 @@ def write_lines(lines: list[str], path: str, log_name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Seq2Seq
-class Seq2Seq(TokenizerMixin, pl.LightningModule):
+class Seq2Seq(TokenizerMixin, VitkitTask):
     """Translation / summarisation with a registered encoder-decoder (`vitkit.list_models(family="text")`).
 
     Trained with label-smoothed cross-entropy on teacher-forced targets (padding ignored); validated and
@@ -175,6 +170,8 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
     saved as hyper-parameters, so ``test``/``predict --ckpt_path`` use the values given then.
     """
 
+    runtime_hparams = DECODING
+
     def __init__(
         self,
         model: str = "transformer_tiny",
@@ -200,7 +197,7 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
         predict_output: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=DECODING)  # so `test`/`predict --ckpt_path` take them from the command line
+        self.save_hyperparameters(ignore=list(self.runtime_hparams))  # test/predict take them from the command line
         self.decoding = dict(beam_size=beam_size, length_penalty=length_penalty, max_new_tokens=max_new_tokens)
         self.predict_output = predict_output
         if monitor_metric == "rougeL" and not rouge:
@@ -209,8 +206,7 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
             raise ConfigError(f"model.beam_size: found {beam_size}; expected 1 (greedy) or more")
         ids = dict(vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
         self.model = build_text_model(model, ids, model_kwargs)
-        if compile:
-            self.model.compile(backend=compile_backend)
+        self.maybe_compile(compile, compile_backend, self.model)
         self.monitor, self.monitor_mode = f"val/{monitor_metric}", "min" if monitor_metric == "loss" else "max"
         self.val_metrics, self.test_metrics = self._metrics(), self._metrics()
         self._outputs: list[dict] = []
@@ -302,7 +298,7 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
 
     @rank_zero_only
     def _write_test_outputs(self) -> None:
-        path = run_dir(self) / "test_outputs.tsv"
+        path = self.run_dir() / "test_outputs.tsv"
         with open(path, "w", newline="") as f:
             w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
             w.writerow(["source", "reference", "output", "exact"])
@@ -328,10 +324,8 @@ class Seq2Seq(TokenizerMixin, pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         rows = sorted(self._outputs, key=lambda r: r["line"])
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        out = run_dir(self)
-        write_lines([r["output"] for r in rows], str(out / f"predictions{suffix}.txt"), "outputs")
-        (out / f"predictions{suffix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_lines([r["output"] for r in rows], str(self.output_path("predictions.txt")), "outputs")
+        self.output_path("predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if self.predict_output:
             write_lines([r["output"] for r in rows], self.predict_output, "outputs")
 
@@ -405,7 +399,7 @@ def _normalisation(module: pl.LightningModule):
 CaptionMetric = Literal["cider", "bleu4", "loss"]
 
 
-class ImageCaptioner(TokenizerMixin, pl.LightningModule):
+class ImageCaptioner(TokenizerMixin, VitkitTask):
     """Image captioning: any registered vitkit image encoder and a causal text decoder (`CaptionTransformer`).
 
     Trained with label-smoothed cross-entropy on every reference caption; validated and tested by decoding
@@ -431,6 +425,8 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
         compile: ``torch.compile`` the model in place for training.
         sheet_images: how many images the PNG sheets show.
     """
+
+    runtime_hparams = (*DECODING, "sheet_images")
 
     def __init__(
         self,
@@ -459,7 +455,7 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
         sheet_images: int = 16,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=DECODING + ["sheet_images"])
+        self.save_hyperparameters(ignore=list(self.runtime_hparams))
         self.decoding = dict(beam_size=beam_size, length_penalty=length_penalty, max_new_tokens=max_new_tokens)
         self.sheet_images = sheet_images
         from ..models.captioner import CaptionTransformer
@@ -471,8 +467,7 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
             self.model = CaptionTransformer(**kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.init_args: cannot build the captioner with {kwargs}: {err}") from err
-        if compile:
-            self.model.compile(backend=compile_backend)
+        self.maybe_compile(compile, compile_backend, self.model)
         self.monitor, self.monitor_mode = f"val/{monitor_metric}", "min" if monitor_metric == "loss" else "max"
         self._rows: list[dict] = []
         self._sheet: list[tuple[torch.Tensor, str]] = []
@@ -548,7 +543,7 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
 
     def _write_outputs(self, name: str, rows: list[dict]) -> None:
         """<run>/<name>.json and, with the kept images (on rank 0), the sheet <run>/test_captions.png or captions.png."""
-        out = run_dir(self)
+        out = self.run_dir()
         (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
         if self._sheet and self.global_rank == 0:
             sheet = out / ("test_captions.png" if name == "test_captions" else "captions.png")
@@ -569,10 +564,8 @@ class ImageCaptioner(TokenizerMixin, pl.LightningModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""  # each process has its share
-        self._write_outputs(f"predictions{suffix}", self._rows)
-        out = run_dir(self)
-        with open(out / f"predictions{suffix}.csv", "w", newline="") as f:
+        self._write_outputs(self.output_path("predictions").name, self._rows)  # each process has its share
+        with open(self.output_path("predictions.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "caption"])
             w.writerows([r["path"], r["caption"]] for r in self._rows)
@@ -607,7 +600,7 @@ def answer_type(references: list[str]) -> str:
     return "number" if top.isdigit() or top in _NUMBER_WORDS else "other"
 
 
-class VisualQA(TokenizerMixin, pl.LightningModule):
+class VisualQA(TokenizerMixin, VitkitTask):
     """Visual question answering as answer classification (`VQATransformer`): label-smoothed cross-entropy
     over the training answers; ``vqa_acc`` (0..1) in validation/test, and per answer type (``vqa_acc_yes_no``,
     ``vqa_acc_number``, ``vqa_acc_other``, as the VQA benchmark reports); predict writes ``predictions.json``/``.csv``.
@@ -669,8 +662,7 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
             raise ConfigError(f"model.init_args: cannot build the VQA model with {kwargs}: {err}") from err
         if freeze_encoder:  # keep a pretrained encoder's features; only the question side and the fusion learn
             self.model.encoder.requires_grad_(False)
-        if compile:
-            self.model.compile(backend=compile_backend)
+        self.maybe_compile(compile, compile_backend, self.model)
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
         self.type_acc = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in ("val", "test") for t in ANSWER_TYPES})
         self._rows: list[dict] = []
@@ -737,14 +729,13 @@ class VisualQA(TokenizerMixin, pl.LightningModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        out = run_dir(self)
-        suffix = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        (out / f"predictions{suffix}.json").write_text(json.dumps(self._rows, indent=1))
-        with open(out / f"predictions{suffix}.csv", "w", newline="") as f:
+        csv_path = self.output_path("predictions.csv")
+        self.output_path("predictions.json").write_text(json.dumps(self._rows, indent=1))
+        with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["image", "question", "answer", "prob"])
             w.writeheader()
             w.writerows(self._rows)
-        log.info("%d answers written to %s", len(self._rows), out / f"predictions{suffix}.csv")
+        log.info("%d answers written to %s", len(self._rows), csv_path)
 
     def configure_optimizers(self):
         return configure_adamw_cosine(self, self.model)

@@ -1,0 +1,41 @@
+"""The plumbing every task shares (`vitkit.tasks.base.VitkitTask`): run folder, per-process files, compile."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vitkit.tasks import ImageCaptioner, ImageClassifier, ObjectDetector, SemanticSegmenter, Seq2Seq, VisualQA
+from vitkit.tasks.base import VitkitTask
+
+
+def _attached(tmp_path, world_size: int, rank: int) -> VitkitTask:
+    task = VitkitTask()
+    task._trainer = SimpleNamespace(world_size=world_size, global_rank=rank, log_dir=str(tmp_path / "run"),
+                                    default_root_dir=str(tmp_path))
+    return task
+
+
+def test_output_path_is_in_the_run_folder_with_the_rank_only_under_several_processes(tmp_path):
+    one = _attached(tmp_path, world_size=1, rank=0)
+    assert one.output_path("predictions.json") == tmp_path / "run" / "predictions.json"
+    assert (tmp_path / "run").is_dir()  # created on first use
+    two = _attached(tmp_path, world_size=2, rank=1)
+    assert two.output_path("predictions.json").name == "predictions.rank1.json"
+    assert two.output_path("predictions").name == "predictions.rank1"
+
+
+def test_maybe_compile_compiles_in_place_and_keeps_state_dict_keys():
+    module = torch.nn.Linear(3, 2)
+    keys = list(module.state_dict())
+    VitkitTask.maybe_compile(False, "eager", module)
+    assert module._compiled_call_impl is None
+    VitkitTask.maybe_compile(True, "eager", module, None)
+    assert module._compiled_call_impl is not None and list(module.state_dict()) == keys
+
+
+@pytest.mark.parametrize("task", [ImageClassifier, SemanticSegmenter, ObjectDetector, Seq2Seq, ImageCaptioner, VisualQA])
+def test_every_task_is_a_vitkit_task_with_a_monitor(task):
+    assert issubclass(task, VitkitTask)
+    assert task.monitor_mode in ("min", "max") and isinstance(task.runtime_hparams, tuple)
