@@ -27,3 +27,10 @@ class DataError(VitkitError, ValueError):
 
 class CheckpointError(VitkitError, ValueError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+def require(ok: bool, field: str, found: object, expected: str) -> None:
+    """Raise ConfigError("<field>: found <found>; expected <expected>") unless `ok`: the check every data module
+    and task runs on values its types do not rule out (LightningCLI checks types, direct calls do not)."""
+    if not ok:
+        raise ConfigError(f"{field}: found {found!r}; expected {expected}")

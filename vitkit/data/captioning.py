@@ -23,7 +23,7 @@ import albumentations as A
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, DataError, DatasetNotFoundError
+from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_json
 from .images import list_images, load_rgb
 from .loading import SplitDataModule, make_loader
@@ -173,9 +173,9 @@ class _ImageTextData(SplitDataModule):
 
     def _init_common(self) -> None:
         h = self.hparams
-        _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
-        _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
-        _require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
+        require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
+        require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
+        require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
         shared = Path(h.root).resolve() == Path(SHAPES_ROOT).resolve()
         if h.train_json is None and shared and self._shapes_config() != ShapesConfig():
             raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and "
@@ -448,8 +448,4 @@ class VQADataModule(_ImageTextData):
         _check_files_exist(sorted({q.path for q in out}), path)
         return out
 
-
-def _require(ok: bool, field: str, found: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
 

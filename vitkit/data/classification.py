@@ -21,10 +21,10 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..errors import ConfigError, DataError, DatasetNotFoundError
+from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 
 from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
-from .loading import SplitDataModule, make_loader
+from .loading import STAGE_SPLITS, SplitDataModule, make_loader
 from .transforms import (
     DEFAULT_TRANSFORMS, AutoAugment, FolderPipeline, auto_augment_step, build_transforms, choose_folder_pipeline,
 )
@@ -38,13 +38,6 @@ Split = Literal["train", "val", "test", "predict"]
 _SPLITS = get_args(Split)
 Sample = tuple[str, int]  # (image path, class index)
 
-_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("predict",),
-    None: ("train", "val", "test"),
-}
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = (
@@ -303,7 +296,7 @@ class ClassificationDataModule(SplitDataModule):
                 raise DatasetNotFoundError(f"{source.title}: download failed ({err}). {message}") from err
 
     def setup(self, stage: str | None = None) -> None:
-        splits = _STAGE_SPLITS[stage]
+        splits = STAGE_SPLITS[stage]
         self._prepare(splits)
         if self.hparams.dataset == "imagefolder":
             self._cache(splits)
@@ -449,23 +442,18 @@ class ClassificationDataModule(SplitDataModule):
 
 def _check_hparams(h) -> None:
     """Raise ConfigError for values the types do not rule out (LightningCLI checks types, direct calls do not)."""
-    _require(h.dataset in DEFAULT_TRANSFORMS, "data.dataset", h.dataset, f"one of {', '.join(DEFAULT_TRANSFORMS)}")
-    _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
-    _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
-    _require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
-    _require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
-    _require(0 < h.test_fraction < 1, "data.test_fraction", h.test_fraction, "a fraction strictly between 0 and 1")
-    _require(h.val_fraction + h.test_fraction < 1, "data.val_fraction + data.test_fraction",
+    require(h.dataset in DEFAULT_TRANSFORMS, "data.dataset", h.dataset, f"one of {', '.join(DEFAULT_TRANSFORMS)}")
+    require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
+    require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
+    require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
+    require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
+    require(0 < h.test_fraction < 1, "data.test_fraction", h.test_fraction, "a fraction strictly between 0 and 1")
+    require(h.val_fraction + h.test_fraction < 1, "data.val_fraction + data.test_fraction",
              h.val_fraction + h.test_fraction, "less than 1, leaving images to train on")
-    _require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
-    _require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
-    _require(h.cache in _CACHE_MODES, "data.cache", h.cache, f"one of {', '.join(_CACHE_MODES)}")
-    _require(h.cache_budget_mb >= 0, "data.cache_budget_mb", h.cache_budget_mb, "0 or more MiB")
-
-
-def _require(ok: bool, field: str, found: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
+    require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
+    require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
+    require(h.cache in _CACHE_MODES, "data.cache", h.cache, f"one of {', '.join(_CACHE_MODES)}")
+    require(h.cache_budget_mb >= 0, "data.cache_budget_mb", h.cache_budget_mb, "0 or more MiB")
 
 
 def _subset_label_map(classes: list[int] | None, names: list[str], dataset: str) -> np.ndarray | None:
@@ -473,11 +461,11 @@ def _subset_label_map(classes: list[int] | None, names: list[str], dataset: str)
     if classes is None:
         return None
     valid = f"distinct class indices in 0..{len(names) - 1} (the {len(names)} classes of {dataset})"
-    _require(len(classes) > 0, "data.classes", classes, f"a non-empty list of {valid}, or null for all")
+    require(len(classes) > 0, "data.classes", classes, f"a non-empty list of {valid}, or null for all")
     bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(names)]
-    _require(not bad, "data.classes", classes, f"{valid}; out of range or not an integer: {bad}")
+    require(not bad, "data.classes", classes, f"{valid}; out of range or not an integer: {bad}")
     dupes = sorted({c for c in classes if list(classes).count(c) > 1})
-    _require(not dupes, "data.classes", classes, f"{valid}; repeated: {dupes}")
+    require(not dupes, "data.classes", classes, f"{valid}; repeated: {dupes}")
     label_map = np.full(len(names), -1, dtype=np.int64)
     label_map[list(classes)] = np.arange(len(classes))
     return label_map

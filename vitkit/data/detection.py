@@ -23,10 +23,10 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, DataError, DatasetNotFoundError
+from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_json, read_text
 from .images import list_images, load_rgb
-from .loading import SplitDataModule, make_loader
+from .loading import STAGE_SPLITS, SplitDataModule, make_loader
 from .shapes import SHAPES, ShapesConfig, generate_shapes
 from .transforms import make_transform
 
@@ -35,9 +35,6 @@ log = logging.getLogger("vitkit")
 DatasetName = Literal["shapes", "coco", "voc"]
 Split = Literal["train", "val", "test", "predict"]
 _SPLITS = get_args(Split)
-_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
-    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",), None: ("train", "val", "test"),
-}
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -387,9 +384,9 @@ class DetectionDataModule(SplitDataModule):
         self.save_hyperparameters()
         if dataset not in _DEFAULTS:
             raise ConfigError(f"data.dataset: found {dataset!r}; expected one of {', '.join(_DEFAULTS)}")
-        _require(img_size >= 1, "data.img_size", img_size, "a positive number of pixels")
-        _require(batch_size >= 1, "data.batch_size", batch_size, "a positive integer")
-        _require(0.0 <= min_visibility <= 1.0, "data.min_visibility", min_visibility, "a fraction in [0, 1]")
+        require(img_size >= 1, "data.img_size", img_size, "a positive number of pixels")
+        require(batch_size >= 1, "data.batch_size", batch_size, "a positive integer")
+        require(0.0 <= min_visibility <= 1.0, "data.min_visibility", min_visibility, "a fraction in [0, 1]")
         default_root, default_splits, default_ann, default_img = _DEFAULTS[dataset]
         self.shapes_cfg = _shapes_config(shapes_config) if dataset == "shapes" else None
         self.root = root or (_shapes_root(self.shapes_cfg) if dataset == "shapes" else default_root)
@@ -429,7 +426,7 @@ class DetectionDataModule(SplitDataModule):
             generate_shapes(self.root, self.shapes_cfg)
 
     def setup(self, stage: str | None = None) -> None:
-        self._prepare(_STAGE_SPLITS[stage])
+        self._prepare(STAGE_SPLITS[stage])
 
     def get_dataset(self, split: Split) -> DetectionDataset:
         if split not in _SPLITS:
@@ -514,11 +511,6 @@ def _shapes_root(cfg: ShapesConfig) -> str:
         return _DEFAULTS["shapes"][0]
     digest = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
     return f"{_DEFAULTS['shapes'][0]}-{digest}"
-
-
-def _require(ok: bool, field: str, found: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
 
 
 def _report_fixes(fixes: BoxFixes) -> None:

@@ -12,6 +12,12 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from .transforms import seed_transform
 
 
+# Which splits each Lightning stage reads (None: every split, as `setup()` without a stage).
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",), None: ("train", "val", "test"),
+}
+
+
 class SplitDataModule(pl.LightningDataModule):
     """A data module whose `_loader(split, shuffle)` builds the loader of one split ("train", "val", "test",
     "predict"); the training split is shuffled."""

@@ -20,10 +20,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import ConfigError, CorruptImageError, DataError, DatasetNotFoundError
+from ..errors import CorruptImageError, DataError, DatasetNotFoundError, require
 from .files import read_text
 from .images import list_images, load_rgb
-from .loading import SplitDataModule, make_loader
+from .loading import STAGE_SPLITS, SplitDataModule, make_loader
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import ShapesConfig, generate_shapes
 from .transforms import build_transforms
@@ -34,9 +34,6 @@ SegDatasetName = Literal["shapes", "folder", "ade20k", "voc"]
 Split = Literal["train", "val", "test", "predict"]
 SegSample = tuple[str, str]  # (image path, mask path)
 
-_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
-    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",), None: ("train", "val", "test"),
-}
 
 # The 150 SceneParsing classes in label order 1..150 (0 is "other", ignored after reduce_zero_label).
 ADE20K_CLASSES = tuple(
@@ -349,7 +346,7 @@ class SegmentationDataModule(SplitDataModule):
                 self._voc(image_set, download=True)
 
     def setup(self, stage: str | None = None) -> None:
-        for split in _STAGE_SPLITS[stage]:
+        for split in STAGE_SPLITS[stage]:
             self.get_dataset(split)
 
     def get_dataset(self, split: Split) -> Dataset:
@@ -465,29 +462,24 @@ class SegmentationDataModule(SplitDataModule):
 
 def _check_hparams(h) -> None:
     """ConfigError for values the types do not rule out (LightningCLI checks types, direct calls do not)."""
-    _require(h.dataset in get_args(SegDatasetName), "data.dataset", h.dataset, f"one of {', '.join(get_args(SegDatasetName))}")
-    _require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
-    _require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
-    _require(h.eval_batch_size is None or h.eval_batch_size >= 1, "data.eval_batch_size", h.eval_batch_size, "a positive integer or null")
-    _require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
-    _require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
-    _require(0 <= h.ignore_index <= 255, "data.ignore_index", h.ignore_index, "a mask value in 0..255 (usually 255)")
-    _require(len(h.scale_range) == 2 and 0 < h.scale_range[0] <= h.scale_range[1], "data.scale_range", h.scale_range,
+    require(h.dataset in get_args(SegDatasetName), "data.dataset", h.dataset, f"one of {', '.join(get_args(SegDatasetName))}")
+    require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
+    require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
+    require(h.eval_batch_size is None or h.eval_batch_size >= 1, "data.eval_batch_size", h.eval_batch_size, "a positive integer or null")
+    require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
+    require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
+    require(0 <= h.ignore_index <= 255, "data.ignore_index", h.ignore_index, "a mask value in 0..255 (usually 255)")
+    require(len(h.scale_range) == 2 and 0 < h.scale_range[0] <= h.scale_range[1], "data.scale_range", h.scale_range,
              "two factors 0 < low <= high, e.g. [0.5, 2.0]")
-    _require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
-    _require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
-    _require(h.dataset == "shapes" or not h.shapes, "data.shapes", h.shapes, "null unless data.dataset is shapes")
-
-
-def _require(ok: bool, field: str, found: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
+    require(len(h.mean) == 3, "data.mean", h.mean, "3 values, one per RGB channel")
+    require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
+    require(h.dataset == "shapes" or not h.shapes, "data.shapes", h.shapes, "null unless data.dataset is shapes")
 
 
 def _shapes_config(overrides: dict | None) -> ShapesConfig:
     known = [f.name for f in fields(ShapesConfig)]
     unknown = sorted(set(overrides or {}) - set(known))
-    _require(not unknown, "data.shapes", overrides, f"keys among {', '.join(known)}; unknown: {unknown}")
+    require(not unknown, "data.shapes", overrides, f"keys among {', '.join(known)}; unknown: {unknown}")
     return ShapesConfig(**(overrides or {}))
 
 

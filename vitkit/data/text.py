@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
+from ..errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_text
 from .loading import SplitDataModule, make_loader
 from .numbers import DEFAULT_ROOT as NUMBERS_ROOT
@@ -341,11 +341,11 @@ class Seq2SeqDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _require(max_len >= 3, "data.max_len", max_len, "3 or more (a target needs BOS, a token and EOS)")
-        _require(tokenizer is not None or vocab_size > len(SPECIALS) + 256, "data.vocab_size", vocab_size,
+        require(max_len >= 3, "data.max_len", max_len, "3 or more (a target needs BOS, a token and EOS)")
+        require(tokenizer is not None or vocab_size > len(SPECIALS) + 256, "data.vocab_size", vocab_size,
                  f"more than {len(SPECIALS) + 256} (the special tokens and the 256 byte symbols of the BPE)")
-        _require(batch_size >= 1, "data.batch_size", batch_size, "a positive integer")
-        _require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "a fraction strictly between 0 and 1")
+        require(batch_size >= 1, "data.batch_size", batch_size, "a positive integer")
+        require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "a fraction strictly between 0 and 1")
         self.guard = LengthGuard(long_lines)
         self._tokenizer: TextTokenizer | None = None
         self._file_tokenizer: TextTokenizer | None = None
@@ -496,6 +496,3 @@ def adopt_tokenizer(state: dict, given: TextTokenizer | None, given_path: str | 
     return saved
 
 
-def _require(ok: bool, field: str, found: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: found {found!r}; expected {expected}")
