@@ -2,11 +2,14 @@
 checkpoint monitor, the settings kept out of checkpoints, and `torch.compile` in place."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 from torch import nn
+
+from ..errors import ConfigError
 
 
 class VitkitTask(pl.LightningModule):
@@ -37,6 +40,16 @@ class VitkitTask(pl.LightningModule):
             stem, dot, ext = name.partition(".")
             name = f"{stem}.rank{self.global_rank}{dot}{ext}"
         return self.run_dir() / name
+
+    @staticmethod
+    def build_model(build: Callable[..., nn.Module], what: str, *args: Any, field: str = "model.init_args",
+                    **kwargs: Any) -> nn.Module:
+        """`build(*args, **kwargs)`, a model's own ValueError/TypeError (an unknown keyword, a size the patch does not
+        divide ...) becoming one ConfigError that names the config field, `what` was built and with which keywords."""
+        try:
+            return build(*args, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{field}: cannot build {what} with {kwargs}: {err}") from err
 
     @staticmethod
     def maybe_compile(enabled: bool, backend: str, *modules: nn.Module | None) -> None:

@@ -97,10 +97,8 @@ class ImageClassifier(WeightEMA, VitkitTask):
         kwargs = dict(model_kwargs or {})
         if img_size is not None:
             kwargs["img_size"] = img_size
-        try:
-            self.model = create_model(model, pretrained=pretrained, reset_head=reset_head, num_classes=num_classes, **kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.model = self.build_model(create_model, repr(model), model, pretrained=pretrained, reset_head=reset_head,
+                                      num_classes=num_classes, **kwargs)
         self.frozen = freeze_(self.model, freeze)
         self.model.set_grad_checkpointing(grad_checkpointing)
         self.mixer = BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0 else None

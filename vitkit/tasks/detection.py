@@ -288,10 +288,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
         kwargs = dict(model_kwargs or {})
         if img_size is not None:
             kwargs["img_size"] = img_size
-        try:
-            self.model = create_model(model, num_classes=num_classes, **kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.model = self.build_model(create_model, repr(model), model, num_classes=num_classes, **kwargs)
         if not hasattr(self.model, "load_pretrained") or not hasattr(self.model, "img_size"):
             raise ConfigError(f"model.init_args.model: {model!r} is not a detector; expected one of {', '.join(_detectors())}")
         if pretrained is not None:

@@ -100,10 +100,8 @@ class SemanticSegmenter(VitkitTask):
         kwargs = dict(model_kwargs or {})
         if img_size is not None:
             kwargs["img_size"] = img_size
-        try:
-            self.model = create_segmenter(model, num_classes=num_classes, pretrained=pretrained, **kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model.init_args: cannot build {model!r} with {kwargs}: {err}") from err
+        self.model = self.build_model(create_segmenter, repr(model), model, num_classes=num_classes,
+                                      pretrained=pretrained, **kwargs)
         self.model.set_grad_checkpointing(grad_checkpointing)
         self.window = self.model.img_size  # (h, w) of the crops the encoder takes
         self.stride = tuple(slide_stride or max(1, 2 * s // 3) for s in self.window)

@@ -117,10 +117,7 @@ def configure_adamw_cosine(module: pl.LightningModule, model: torch.nn.Module):
 
 def build_text_model(name: str, family_kwargs: dict, model_kwargs: dict | None, field: str = "model.init_args"):
     kwargs = {**family_kwargs, **(model_kwargs or {})}
-    try:
-        return create_model(name, **kwargs)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{field}: cannot build {name!r} with {kwargs}: {err}") from err
+    return VitkitTask.build_model(create_model, repr(name), name, field=field, **kwargs)
 
 
 def write_lines(lines: list[str], path: str, log_name: str) -> None:
@@ -463,10 +460,7 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
         kwargs = dict(vocab_size=vocab_size, encoder=encoder, img_size=img_size, encoder_kwargs=encoder_kwargs,
                       pretrained=pretrained, max_len=max_len, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
                       **(decoder_kwargs or {}))
-        try:
-            self.model = CaptionTransformer(**kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model.init_args: cannot build the captioner with {kwargs}: {err}") from err
+        self.model = self.build_model(CaptionTransformer, "the captioner", **kwargs)
         self.maybe_compile(compile, compile_backend, self.model)
         self.monitor, self.monitor_mode = f"val/{monitor_metric}", "min" if monitor_metric == "loss" else "max"
         self._rows: list[dict] = []
@@ -656,10 +650,7 @@ class VisualQA(TokenizerMixin, VitkitTask):
         kwargs = dict(vocab_size=vocab_size, num_answers=num_classes, encoder=encoder, img_size=img_size,
                       encoder_kwargs=encoder_kwargs, pretrained=pretrained, max_len=max_len, pad_id=pad_id,
                       **(fusion_kwargs or {}))
-        try:
-            self.model = VQATransformer(**kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model.init_args: cannot build the VQA model with {kwargs}: {err}") from err
+        self.model = self.build_model(VQATransformer, "the VQA model", **kwargs)
         if freeze_encoder:  # keep a pretrained encoder's features; only the question side and the fusion learn
             self.model.encoder.requires_grad_(False)
         self.maybe_compile(compile, compile_backend, self.model)
