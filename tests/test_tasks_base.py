@@ -48,3 +48,11 @@ def test_a_model_that_cannot_be_built_is_one_config_error_naming_the_field_and_t
         ImageClassifier("vit_tiny_patch4_32", model_kwargs={"not_an_option": 1})
     with pytest.raises(ConfigError, match=r"model.init_args: cannot build 'segmenter_vit_nano_patch8_64' with .*img_size"):
         SemanticSegmenter("segmenter_vit_nano_patch8_64", img_size=60)  # 8x8 patches do not divide 60
+
+
+def test_vitkit_explain_finds_each_tasks_methods_through_its_explainers_hook():
+    expected = {ImageClassifier: ["rollout", "attention", "grad"], SemanticSegmenter: ["rollout"],
+                ObjectDetector: ["cross"], ImageCaptioner: ["cross"], Seq2Seq: [], VisualQA: []}
+    for task, methods in expected.items():
+        offered = task.explainers(task.__new__(task))  # the hook reads nothing from the instance
+        assert list(offered) == methods and all(callable(run) for run in offered.values())

@@ -4,7 +4,7 @@ write PNG overlays (image, heatmap, per-layer grid), the raw maps as .npy and an
     vitkit explain --ckpt runs/vit_tiny_digits/version_0/checkpoints/last.ckpt images/ --method rollout
 
 Which task a checkpoint holds is read from it (LightningCLI stores `_class_path` in its hyper-parameters);
-`vitkit.explain.tasks.EXPLAINERS` says how each task is explained.
+Each task's `explainers()` says how it is explained (`vitkit.explain.tasks` holds vitkit's own).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from ..data.images import list_images, scan_images
 from ..errors import CheckpointError, ConfigError, DatasetNotFoundError
 from .methods import METHODS
-from .tasks import EXPLAINERS, Inputs
+from .tasks import Inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,20 +61,22 @@ def main(argv: list[str] | None = None) -> None:
         if value < 1:
             raise ConfigError(f"{flag}: found {value}; expected a positive integer")
     task, ckpt = load_task(args.ckpt, args.device)
-    explainer = EXPLAINERS.get(type(task).__name__)
-    if explainer is None:
+    explainers = task.explainers() if callable(getattr(task, "explainers", None)) else {}
+    if not explainers:
         raise ConfigError(
-            f"{args.ckpt}: holds a {type(task).__name__}; `vitkit explain` supports {', '.join(sorted(EXPLAINERS))}"
+            f"{args.ckpt}: holds a {type(task).__name__}, which offers nothing to explain; expected a task whose "
+            "explainers() names its methods (classifiers, segmenters, DETR-style detectors, captioners)"
         )
-    args.method = args.method or explainer.methods[0]
-    if args.method not in explainer.methods:
+    methods = list(explainers)
+    args.method = args.method or methods[0]
+    if args.method not in explainers:
         raise ConfigError(
-            f"--method {args.method}: not available for {type(task).__name__}; expected one of {', '.join(explainer.methods)}"
+            f"--method {args.method}: not available for {type(task).__name__}; expected one of {', '.join(methods)}"
         )
     inputs = collect_inputs(args.inputs, args.skip_corrupt)
     out = Path(args.out) if args.out else default_out_dir(Path(args.ckpt))
     out.mkdir(parents=True, exist_ok=True)
-    rows = explainer.run(task, ckpt, inputs, args, out)
+    rows = explainers[args.method](task, ckpt, inputs, args, out)
     _write_index(rows, out / f"explanations_{args.method}.csv")
     print(f"explained {len(rows)} image(s) with {args.method}: {out}")
     if inputs.skipped:

@@ -1,14 +1,14 @@
 """How `vitkit explain` explains each task: preprocessing as the task was evaluated, the maps, the pictures.
 
-EXPLAINERS maps a task class name to its explainer and the methods it offers (the first is the default).
+A task offers these through its `explainers()` hook (`vitkit.tasks.base.VitkitTask`): method -> function, the first
+the default.
 Classifiers: rollout / attention / grad over the encoder. Detectors (DETR-style): the decoder
 cross-attention of each detected object's query. Captioners: the decoder cross-attention of each generated
 word. Segmenters: the encoder's rollout read from the patches predicted as each class. Another task plugs
-in with an entry here.
+in through its own `explainers()`, with no edit here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +33,6 @@ class Inputs:
 
     images: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class TaskExplainer:
-    """`run(task, checkpoint dict, inputs, args, out folder) -> index rows`, and the methods it offers."""
-
-    run: Callable[..., list[dict]]
-    methods: tuple[str, ...]
 
 
 def _batches(inputs: Inputs, size: int, what: str) -> list[list[tuple[str, str]]]:
@@ -280,11 +272,3 @@ def _save_caption(path, stem: Path, image: np.ndarray, maps, words: list[str], c
     npy, layers_npy = save_maps(stem, maps[-1], maps.transpose(0, 1))  # (n, gh, gw), (n, L, gh, gw)
     return {"path": path, "method": "cross", "caption": caption, "words": " | ".join(words),
             "picture": picture.name, "map": npy.name, "layer_maps": layers_npy.name}
-
-
-EXPLAINERS: dict[str, TaskExplainer] = {
-    "ImageCaptioner": TaskExplainer(explain_captioning, ("cross",)),
-    "SemanticSegmenter": TaskExplainer(explain_segmentation, ("rollout",)),
-    "ImageClassifier": TaskExplainer(explain_classification, ("rollout", "attention", "grad")),
-    "ObjectDetector": TaskExplainer(explain_detection, ("cross",)),
-}

@@ -27,6 +27,11 @@ class VitkitTask(pl.LightningModule):
     monitor_mode: ClassVar[Literal["min", "max"]] = "min"
     runtime_hparams: ClassVar[tuple[str, ...]] = ()
 
+    def explainers(self) -> dict[str, Callable[..., list[dict]]]:
+        """What `vitkit explain` can do with this task: method name -> `run(task, checkpoint, inputs, args, out)`
+        returning one index row per image; the first method is the default. None by default."""
+        return {}
+
     def run_dir(self) -> Path:
         """The run folder (`runs/<config>/version_N`), created if needed; the same on every process."""
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)

@@ -179,6 +179,11 @@ class ImageClassifier(WeightEMA, VitkitTask):
         write_predictions(self._predictions, csv_path, json_path)
         log.info("%d predictions written to %s", len(self._predictions), csv_path)
 
+    def explainers(self) -> dict:
+        from ..explain.tasks import explain_classification
+
+        return dict.fromkeys(("rollout", "attention", "grad"), explain_classification)
+
     # -- optimisation --
     def configure_optimizers(self):
         hp = self.hparams

@@ -433,6 +433,11 @@ class ObjectDetector(WeightEMA, VitkitTask):
         log.info("%s: boxes drawn on %d images in %s", stage, len(self._drawn), folder)
 
     # -- optimisation --
+    def explainers(self) -> dict:
+        from ..explain.tasks import explain_detection
+
+        return {"cross": explain_detection}
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = adamw(self.model, self._param_groups(), hp.lr)

@@ -279,6 +279,11 @@ class SemanticSegmenter(VitkitTask):
             self._drawn += 1
 
     # -- optimisation --
+    def explainers(self) -> dict:
+        from ..explain.tasks import explain_segmentation
+
+        return {"rollout": explain_segmentation}
+
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer == "adamw":

@@ -564,6 +564,11 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
             w.writerow(["path", "caption"])
             w.writerows([r["path"], r["caption"]] for r in self._rows)
 
+    def explainers(self) -> dict:
+        from ..explain.tasks import explain_captioning
+
+        return {"cross": explain_captioning}
+
     def configure_optimizers(self):
         return configure_adamw_cosine(self, self.model)
 
