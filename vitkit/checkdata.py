@@ -3,14 +3,15 @@ unreadable, truncated, empty or missing files, unexpected image modes, masks of 
 degenerate or out-of-image boxes and duplicate ids, as a summary table; the exit status is 1 when something
 is wrong (2 when the data cannot be opened at all).
 
-Protocol: a data module may define `check(splits) -> Iterable[Finding]` and is then asked directly. Without it,
-vitkit's own modules are checked here (classification, segmentation, detection) by reading their files with
-the same readers training uses; any other module that offers `get_dataset(split)` has each item loaded once,
-every vitkit error becoming a finding.
+Protocol: a data module may define `check(splits[, limit, workers]) -> Report | Iterable[Finding]` and is then
+asked directly; vitkit's classification, segmentation and detection modules do, calling the checkers here, which
+read their files with the same readers training uses. Any other module that offers `get_dataset(split)` has each
+item loaded once, every vitkit error becoming a finding.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections import Counter
@@ -284,23 +285,18 @@ def _empty(split: str, n: int) -> list[Finding]:
     return [Finding(split, "error", "empty-split", split, "no items; expected at least one")] if n == 0 else []
 
 
-def _checker(dm) -> Callable[..., Report]:
-    from .data import ClassificationDataModule, DetectionDataModule, SegmentationDataModule
-
-    for cls, checker in ((ClassificationDataModule, check_classification), (SegmentationDataModule, check_segmentation),
-                         (DetectionDataModule, check_detection)):
-        if isinstance(dm, cls):
-            return checker
-    return check_generic
-
-
 def check_datamodule(dm, splits: Sequence[str] = SPLITS, limit: int | None = None, workers: int | None = None) -> Report:
-    """Check a data module: its own `check(splits)` if it has one, else vitkit's checker for its kind."""
+    """Check a data module: its own `check(splits[, limit, workers])` if it has one (vitkit's modules call the
+    checkers above), else every item loaded once (`check_generic`)."""
     dm.prepare_data()
-    if callable(getattr(dm, "check", None)):
-        findings = list(dm.check(list(splits)))
-        return Report({s: -1 for s in splits}, [f if isinstance(f, Finding) else Finding(*f) for f in findings])
-    return _checker(dm)(dm, splits, limit, workers)
+    check = getattr(dm, "check", None)
+    if not callable(check):
+        return check_generic(dm, splits, limit, workers)
+    takes = inspect.signature(check).parameters
+    found = check(list(splits), limit=limit, workers=workers) if "limit" in takes else check(list(splits))
+    if isinstance(found, Report):
+        return found
+    return Report({s: -1 for s in splits}, [f if isinstance(f, Finding) else Finding(*f) for f in found])
 
 
 # ---------------------------------------------------------------------------------------------- config

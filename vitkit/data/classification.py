@@ -295,6 +295,12 @@ class ClassificationDataModule(SplitDataModule):
                 message = source.missing_message(self.hparams.root)
                 raise DatasetNotFoundError(f"{source.title}: download failed ({err}). {message}") from err
 
+    def check(self, splits: Sequence[str], limit: int | None = None, workers: int | None = None):
+        """`vitkit check-data` of these splits: every file read as training reads it (see `vitkit.checkdata`)."""
+        from ..checkdata import check_classification
+
+        return check_classification(self, splits, limit, workers)
+
     def setup(self, stage: str | None = None) -> None:
         splits = STAGE_SPLITS[stage]
         self._prepare(splits)

@@ -425,6 +425,12 @@ class DetectionDataModule(SplitDataModule):
         if self.hparams.dataset == "shapes":
             generate_shapes(self.root, self.shapes_cfg)
 
+    def check(self, splits: Sequence[str], limit: int | None = None, workers: int | None = None):
+        """`vitkit check-data` of these splits: every file read as training reads it (see `vitkit.checkdata`)."""
+        from ..checkdata import check_detection
+
+        return check_detection(self, splits, limit, workers)
+
     def setup(self, stage: str | None = None) -> None:
         self._prepare(STAGE_SPLITS[stage])
 

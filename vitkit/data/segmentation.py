@@ -345,6 +345,12 @@ class SegmentationDataModule(SplitDataModule):
             for image_set in ("train", "val"):
                 self._voc(image_set, download=True)
 
+    def check(self, splits: Sequence[str], limit: int | None = None, workers: int | None = None):
+        """`vitkit check-data` of these splits: every file read as training reads it (see `vitkit.checkdata`)."""
+        from ..checkdata import check_segmentation
+
+        return check_segmentation(self, splits, limit, workers)
+
     def setup(self, stage: str | None = None) -> None:
         for split in STAGE_SPLITS[stage]:
             self.get_dataset(split)
