@@ -115,7 +115,7 @@ def test_sigterm_mid_epoch_saves_and_resume_ends_identical(uninterrupted, tmp_pa
     assert stopped.value.code in (None, 0), "pre-emption is a clean exit"
     assert "SIGTERM received: saved" in caplog.text and "global step 6" in caplog.text
     saved = last(tmp_path)
-    assert saved["global_step"] == 6 and saved["vitkit"]["task"] == "vitkit.tasks.classification.ImageClassifier"
+    assert saved["global_step"] == 6 and saved["vitkit"]["task"] == "vitkit.tasks.ImageClassifier"
     fit(tmp_path, "--ckpt_path", "last")
     assert_same_training_state(last(uninterrupted), last(tmp_path))  # weights, EMA, AdamW moments, LR schedule
     assert val_rows(tmp_path)["1"] == val_rows(uninterrupted)["1"]
@@ -247,11 +247,26 @@ def test_checkpoint_of_another_task_or_format_is_a_clear_error(uninterrupted, tm
         main(["validate", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS, "--ckpt_path", str(tmp_path / "seg.ckpt")])
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert "a checkpoint of vitkit.tasks.segmentation.SemanticSegmenter; this run's task is vitkit.tasks.classification.ImageClassifier" in err
+    assert "a checkpoint of vitkit.tasks.segmentation.SemanticSegmenter; this run's task is vitkit.tasks.ImageClassifier" in err
     ckpt["vitkit"].update(task="vitkit.tasks.classification.ImageClassifier", format=CHECKPOINT_FORMAT + 1, version="9.0.0")
     torch.save(ckpt, tmp_path / "future.ckpt")
     with pytest.raises(CheckpointError, match=rf"written by vitkit 9.0.0 in checkpoint format {CHECKPOINT_FORMAT + 1}; this is vitkit"):
         load_checkpoint(tmp_path / "future.ckpt", task=ImageClassifier)
+
+
+def test_a_checkpoint_stamped_before_a_task_moved_still_loads(uninterrupted, tmp_path):
+    """Stamps name the public `vitkit.tasks.<Class>`; a stamp with the defining module of an earlier layout
+    (`vitkit.tasks.classification.ImageClassifier`, `vitkit.tasks.detection.ObjectDetector`) names the same task."""
+    ckpt = torch.load(run_dir(uninterrupted) / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["vitkit"]["task"] = "vitkit.tasks.classification.ImageClassifier"
+    torch.save(ckpt, tmp_path / "before.ckpt")
+    assert load_checkpoint(tmp_path / "before.ckpt", task=ImageClassifier)["global_step"] == 8
+    from vitkit.faults import same_task
+    from vitkit.tasks import ObjectDetector
+
+    assert same_task("vitkit.tasks.detection.ObjectDetector", "vitkit.tasks.ObjectDetector")
+    assert ObjectDetector.__module__ == "vitkit.tasks.detection.task"  # moved by the split, still the same task
+    assert not same_task("vitkit.tasks.detection.ObjectDetector", "vitkit.tasks.ImageClassifier")
 
 
 def test_unstamped_lightning_checkpoint_still_loads(uninterrupted, tmp_path):

@@ -6,6 +6,7 @@ and load weights-only. The CLI adds all four (`default_callbacks()`); each can b
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import logging
 import os
@@ -390,9 +391,31 @@ class ResumeState(Callback):
 
 # ----------------------------------------------------------------------------------- checkpoint safety
 def task_name(task: type | pl.LightningModule) -> str:
-    """`module.Class` of a task class or instance, as stamped into checkpoints."""
+    """The public `module.Class` of a task class or instance, as stamped into checkpoints: `vitkit.tasks.<Class>`
+    for vitkit's own tasks (whichever file defines them), else the defining module."""
+    from . import tasks
+
     cls = task if isinstance(task, type) else type(task)
+    if getattr(tasks, cls.__name__, None) is cls:
+        return f"vitkit.tasks.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def same_task(stamped: str | None, expected: str) -> bool:
+    """Whether a checkpoint's stamped task is `expected`: the same name, or names of the same class (a stamp written
+    before a task moved, e.g. `vitkit.tasks.detection.ObjectDetector`, still names `vitkit.tasks.ObjectDetector`)."""
+    if stamped == expected:
+        return True
+    found = [_import_name(name) for name in (stamped, expected)]
+    return found[0] is not None and found[0] is found[1]
+
+
+def _import_name(name: str | None) -> Any:
+    module, _, attr = (name or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr, None) if module else None
+    except ImportError:
+        return None
 
 
 def checkpoint_stamp(pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -467,7 +490,7 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike, task: str | type | None
             f"vitkit {__version__}, which reads format {CHECKPOINT_FORMAT}. Use the vitkit version that wrote it"
         )
     expected = task_name(task) if isinstance(task, type) else task
-    if expected is not None and stamp.get("task") != expected:
+    if expected is not None and not same_task(stamp.get("task"), expected):
         raise CheckpointError(
             f"{path}: a checkpoint of {stamp.get('task')}; this run's task is {expected}. A checkpoint resumes or "
             "evaluates only the task that wrote it; to start from its encoder use model.init_args.pretrained"

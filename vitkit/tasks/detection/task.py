@@ -1,11 +1,8 @@
-"""Object detection task: set-prediction training of DETR-style and YOLOS detectors (Carion et al. 2020; Fang
-et al. 2021) with Hungarian matching, CE (no-object weight) + L1 + GIoU losses on every decoder layer and on
-denoising queries (DN-DETR), top-k postprocessing to image coordinates, COCO mAP through torchmetrics
-(pycocotools / faster-coco-eval), a COCO results file with the dataset's category ids, and box drawings."""
+"""The object detection LightningModule: set-prediction training of DETR-style and YOLOS detectors (Carion et al. 2020;
+Fang et al. 2021), COCO mAP through torchmetrics (pycocotools / faster-coco-eval), a COCO results file with the
+dataset's category ids, and box drawings."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -13,199 +10,21 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_only
-from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert
 
-from ..errors import ConfigError
-from ..models import create_model
-from .base import VitkitTask
-from .finetune import WeightEMA
-from .matcher import HungarianMatcher
-from .optim import adamw, schedule_steps, warmup_cosine_scheduler
+from ...errors import ConfigError
+from ...models import create_model
+from ..base import VitkitTask
+from ..finetune import WeightEMA
+from ..matcher import HungarianMatcher
+from ..optim import adamw, schedule_steps, warmup_cosine_scheduler
+from .coco import COCO_KEYS, coco_results, coco_table
+from .criterion import SetCriterion, Target
+from .postprocess import postprocess
 
 log = logging.getLogger("vitkit")
-
-Target = dict[str, Any]
-# torchmetrics' names of COCOeval's 12 summary numbers, in pycocotools' order
-COCO_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
-_COCO_ROWS = [  # (AP or AR, IoU, area, maxDets) of each summary line, as pycocotools prints them
-    ("Average Precision  (AP)", "0.50:0.95", "all", 100), ("Average Precision  (AP)", "0.50", "all", 100),
-    ("Average Precision  (AP)", "0.75", "all", 100), ("Average Precision  (AP)", "0.50:0.95", "small", 100),
-    ("Average Precision  (AP)", "0.50:0.95", "medium", 100), ("Average Precision  (AP)", "0.50:0.95", "large", 100),
-    ("Average Recall     (AR)", "0.50:0.95", "all", 1), ("Average Recall     (AR)", "0.50:0.95", "all", 10),
-    ("Average Recall     (AR)", "0.50:0.95", "all", 100), ("Average Recall     (AR)", "0.50:0.95", "small", 100),
-    ("Average Recall     (AR)", "0.50:0.95", "medium", 100), ("Average Recall     (AR)", "0.50:0.95", "large", 100),
-]
-
-
-# ---------------------------------------------------------------------------------------------- loss
-class SetCriterion(nn.Module):
-    """DETR's set loss: match queries to targets, then CE over all queries (unmatched ones -> "no object",
-    weighted `eos_coef`), L1 and GIoU over matched boxes, normalised by the number of target boxes; the
-    same on every auxiliary layer, and on denoising queries against the box each was noised from."""
-
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, eos_coef: float = 0.1, ce_weight: float = 1.0,
-                 bbox_weight: float = 5.0, giou_weight: float = 2.0) -> None:
-        super().__init__()
-        self.num_classes, self.matcher = num_classes, matcher
-        self.weights = {"ce": ce_weight, "bbox": bbox_weight, "giou": giou_weight}
-        class_weight = torch.ones(num_classes + 1)
-        class_weight[-1] = eos_coef
-        self.register_buffer("class_weight", class_weight, persistent=False)
-
-    def forward(self, outputs: dict, targets: list[Target], num_boxes: float | None = None) -> dict[str, torch.Tensor]:
-        """Returns "loss" (weighted sum over all layers) and the final layer's "ce", "bbox", "giou"."""
-        if num_boxes is None:
-            num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
-        final = self.layer_losses(outputs["pred_logits"], outputs["pred_boxes"], targets, num_boxes)
-        extra = outputs.get("aux_outputs", []) + ([outputs["enc_outputs"]] if "enc_outputs" in outputs else [])
-        terms = [final] + [self.layer_losses(a["pred_logits"], a["pred_boxes"], targets, num_boxes) for a in extra]
-        if "enc_outputs" in outputs and "dense" in outputs["enc_outputs"]:
-            terms.append(self.dense_losses(outputs["enc_outputs"]["dense"], targets))
-        if outputs.get("dn") is not None:
-            terms += self.denoising_losses(outputs["dn"], num_boxes)
-        total = sum(self.weights[k] * term[k] for term in terms for k in self.weights)
-        return {"loss": total, **final}
-
-    def layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], num_boxes: float) -> dict[str, torch.Tensor]:
-        logits, boxes = logits.float(), boxes.float()  # losses in float32 under bf16/fp16 autocast
-        matches = self.matcher(logits, boxes, targets)
-        batch = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(matches)]).to(logits.device)
-        query = torch.cat([q for q, _ in matches]).to(logits.device)
-        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        classes[batch, query] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, matches)]).to(logits.device)
-        ce = F.cross_entropy(logits.transpose(1, 2), classes, weight=self.class_weight)  # (B, K+1, Q) vs (B, Q)
-        pred = boxes[batch, query]  # (M, 4) matched predictions
-        gt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, matches)]).to(pred)
-        return {"ce": ce, **self.box_losses(pred, gt, num_boxes)}
-
-    def dense_losses(self, enc: dict, targets: list[Target]) -> dict[str, torch.Tensor]:
-        """One-to-many loss of the auxiliary token heads (the dense assignment of Co-DETR, Zong et al. 2023,
-        with FCOS's centre rule): a token whose cell centre lies inside a target box is a positive for it (the
-        smallest such box); a box holding no centre takes the token nearest its own; all other tokens are
-        "no object". Many positives per object give the encoder a dense training signal from the first step."""
-        logits, boxes, centres = enc["pred_logits"].float(), enc["pred_boxes"].float(), enc["centres"]  # (B, N, K+1), (B, N, 4), (N, 2)
-        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        pred, gt = [], []
-        for b, t in enumerate(targets):
-            owner = _dense_owner(centres, t["boxes"].to(centres))  # (N,) target index or -1
-            pos = owner >= 0
-            classes[b, pos] = t["labels"].to(logits.device)[owner[pos]]
-            pred.append(boxes[b, pos])
-            gt.append(t["boxes"].to(boxes)[owner[pos]])
-        ce = F.cross_entropy(logits.transpose(1, 2), classes, weight=self.class_weight)
-        pred, gt = torch.cat(pred), torch.cat(gt)
-        return {"ce": ce, **self.box_losses(pred, gt, max(1.0, float(len(gt))))}
-
-    def box_losses(self, pred: torch.Tensor, gt: torch.Tensor, num_boxes: float) -> dict[str, torch.Tensor]:
-        l1 = F.l1_loss(pred, gt, reduction="sum") / num_boxes
-        giou = generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy"), reduction="sum")
-        return {"bbox": l1, "giou": giou / num_boxes}
-
-    def denoising_losses(self, dn: dict, num_boxes: float) -> list[dict[str, torch.Tensor]]:
-        """Per layer: CE of each valid denoising query against its true label, L1 + GIoU against its true box."""
-        valid, groups = dn["valid"], dn["groups"]  # (B, G*pad), G
-        out = []
-        for logits, boxes in zip(dn["pred_logits"], dn["pred_boxes"]):  # per layer: (B, G*pad, K+1), (B, G*pad, 4)
-            ce = F.cross_entropy(logits[valid].float(), dn["labels"][valid])
-            out.append({"ce": ce, **self.box_losses(boxes[valid].float(), dn["boxes"][valid], num_boxes * groups)})
-        return out
-
-
-def _dense_owner(centres: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """For each of N cell centres (N, 2), the index of the smallest target box (n, 4 cxcywh) containing it;
-    a box left without any token takes the one nearest its centre. -1 where none."""
-    owner = torch.full((len(centres),), -1, dtype=torch.int64, device=centres.device)
-    if len(boxes) == 0:
-        return owner
-    half = boxes[:, 2:] / 2
-    inside = ((centres[:, None] - boxes[None, :, :2]).abs() <= half[None]).all(-1)  # (N, n)
-    area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(inside)
-    area = torch.where(inside, area, torch.full_like(area, float("inf")))
-    best = area.argmin(1)
-    owner[inside.any(1)] = best[inside.any(1)]
-    for j in range(len(boxes)):  # a box holding no (free) centre takes the token nearest its centre
-        if not (owner == j).any():
-            owner[torch.cdist(boxes[j : j + 1, :2], centres).argmin()] = j
-    return owner
-
-
-# ---------------------------------------------------------------------------------------------- postprocess
-def postprocess(logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], canvas: int, top_k: int = 100,
-                score_threshold: float = 0.0) -> list[dict[str, torch.Tensor]]:
-    """Top-k (query, class) pairs by probability -> boxes xyxy in each original image's pixels.
-
-    Args:
-        logits: (B, Q, K+1) with "no object" last; boxes: (B, Q, 4) normalised cxcywh on the square canvas.
-        targets: per image "scale" (sx, sy: canvas pixels per image pixel) and "orig_size" (h, w).
-        canvas: side of the canvas in pixels.
-    Returns:
-        per image {"boxes": (k, 4) float32 xyxy, "scores": (k,), "labels": (k,) int64}, by descending score.
-    """
-    prob = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
-    K = prob.shape[-1]
-    scores, index = prob.flatten(1).topk(min(top_k, prob.shape[1] * K), dim=1)  # (B, k)
-    query, labels = index // K, index % K
-    xyxy = box_convert(boxes.float(), "cxcywh", "xyxy") * canvas  # (B, Q, 4) canvas pixels
-    xyxy = xyxy.gather(1, query[..., None].expand(-1, -1, 4))
-    out = []
-    for b, t in enumerate(targets):
-        sx, sy = t["scale"]
-        h, w = t["orig_size"]
-        box = xyxy[b] / xyxy.new_tensor([sx, sy, sx, sy])
-        box = torch.stack([box[:, 0].clamp(0, w), box[:, 1].clamp(0, h), box[:, 2].clamp(0, w), box[:, 3].clamp(0, h)], 1)
-        keep = scores[b] > score_threshold
-        out.append({"boxes": box[keep], "scores": scores[b][keep], "labels": labels[b][keep]})
-    return out
-
-
-def coco_results(preds: list[dict[str, torch.Tensor]], image_ids: list[int], category_ids: list[int]) -> list[dict]:
-    """COCO results entries {image_id, category_id, bbox xywh, score} from `postprocess` output; bbox values are
-    the float32 numbers the metric saw, so re-evaluating the file gives the same numbers."""
-    rows = []
-    for p, image_id in zip(preds, image_ids):
-        xywh = box_convert(p["boxes"].detach().cpu().float(), "xyxy", "xywh").tolist()
-        for box, score, label in zip(xywh, p["scores"].tolist(), p["labels"].tolist()):
-            rows.append({"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box, "score": score})
-    return rows
-
-
-def coco_evaluate(gt_file: str | Path, results: list[dict] | str | Path, image_ids: list[int] | None = None) -> dict[str, float]:
-    """pycocotools COCOeval of a results list (or file) against a ground-truth file -> the 12 summary numbers
-    under torchmetrics' names. An empty results list is evaluated as "no detections" (pycocotools' `loadRes`
-    refuses it). `image_ids` restricts the evaluation to those images."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    if not isinstance(results, list):
-        results = json.loads(Path(results).read_text())
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_file))
-        if results:
-            dt = gt.loadRes(results)
-        else:
-            dt = COCO()
-            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
-            dt.createIndex()
-        ev = COCOeval(gt, dt, iouType="bbox")
-        if image_ids is not None:
-            ev.params.imgIds = sorted(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return dict(zip(COCO_KEYS, (float(s) for s in ev.stats)))
-
-
-def coco_table(stats: dict[str, float]) -> str:
-    """The 12 lines of pycocotools' `COCOeval.summarize()` from torchmetrics-named numbers."""
-    lines = []
-    for (title, iou, area, dets), key in zip(_COCO_ROWS, COCO_KEYS):
-        lines.append(f" {title} @[ IoU={iou:<9} | area={area:>6s} | maxDets={dets:>3d} ] = {float(stats[key]):0.3f}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -434,7 +253,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
 
     # -- optimisation --
     def explainers(self) -> dict:
-        from ..explain.tasks import explain_detection
+        from ...explain.tasks import explain_detection
 
         return {"cross": explain_detection}
 
@@ -464,7 +283,7 @@ def _eval_target(t: Target) -> dict[str, torch.Tensor]:
 
 
 def _detectors() -> list[str]:
-    from ..models import list_models
+    from ...models import list_models
 
     return list_models(family="detection")
 
