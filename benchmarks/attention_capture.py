@@ -9,7 +9,8 @@ What it measures. For each model config, three variants share one set of weights
 
 First the outputs are compared: `off` must equal `plain` exactly and `on` must match within float
 rounding (the script stops otherwise), and the ATen ops of one forward of `off` and `plain` are recorded
-with torch.profiler and compared (same ops, same order: capture off adds no tensor work at all). Then per mode (`infer`: `eval()`, forward under `inference_mode`;
+with torch.profiler and compared (same ops, same order: capture off adds no tensor work at all).
+Then per mode (`infer`: `eval()`, forward under `inference_mode`;
 `train`: forward, cross-entropy, backward) the variants are timed interleaved: in each of `--rounds` rounds
 each variant runs `--steps` timed steps, in an order that rotates every round, so a noisy machine's drift
 falls on all three alike. Reported: the median ms per batch of each, and off÷plain and on÷off as the median

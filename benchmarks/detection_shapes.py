@@ -24,9 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import pytorch_lightning as pl
+import torch
 
 from vitkit.cli import VitkitCLI, main
 
@@ -54,7 +53,8 @@ def calibrate(config: str, extra: list[str], steps: int = 25) -> tuple[float, in
     trainer.fit(cli.model, datamodule=cli.datamodule)
     gaps = sorted(b - a for a, b in zip(timer.times[5:], timer.times[6:]))
     per_epoch = len(cli.datamodule.train_dataloader())
-    return gaps[len(gaps) // 2], per_epoch, cli.config.trainer.max_epochs, cli.config.trainer.check_val_every_n_epoch or 1
+    return (gaps[len(gaps) // 2], per_epoch, cli.config.trainer.max_epochs,
+            cli.config.trainer.check_val_every_n_epoch or 1)
 
 
 def fit_epochs(seconds: float, step_s: float, per_epoch: int, epochs: int, every: int) -> int:
@@ -83,7 +83,8 @@ def run(config: str, max_minutes: float, test_margin_s: float, extra: list[str],
     seconds = time.perf_counter() - start
     run_dir = next(out.glob("*/version_0"))
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    val = [(int(r["epoch"]), int(r["step"]), float(r["val/map_50"]), float(r["val/map"])) for r in rows if r.get("val/map_50")]
+    val = [(int(r["epoch"]), int(r["step"]), float(r["val/map_50"]), float(r["val/map"]))
+           for r in rows if r.get("val/map_50")]
     test = next(r for r in rows if r.get("test/map"))
     return {
         "config": config, "wall_s": seconds, "plan": plan, "epochs": val[-1][0] + 1 if val else 0,
@@ -94,7 +95,8 @@ def run(config: str, max_minutes: float, test_margin_s: float, extra: list[str],
 
 
 def summary(results: list[dict]) -> str:
-    lines = ["| config | epochs (steps) | best val AP50 | test AP | test AP50 | test AP75 | test AR100 | wall time (fit + test) |",
+    lines = ["| config | epochs (steps) | best val AP50 | test AP | test AP50 | test AP75 | test AR100 "
+             "| wall time (fit + test) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         best = max((v[2] for v in r["val"]), default=float("nan"))
@@ -123,8 +125,9 @@ def main_cli() -> None:
         print(f"test split (best checkpoint), pycocotools summary:\n{result['table']}")
     print("\n" + summary(results))
     if args.json:
-        machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "load_at_end": os.getloadavg()}
+        machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "date": time.strftime("%Y-%m-%d %H:%M"), "load_at_end": os.getloadavg()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
 

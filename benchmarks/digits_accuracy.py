@@ -60,7 +60,8 @@ def _recipes() -> dict[str, dict]:
         # configs/classification/vit_tiny_digits.yaml
         "readme": {**tiny32, "model_kw": {"depth": 6, **MEAN_POOL}, "task_kw": {"lr": 1e-3}, "epochs": 30},
         # the same ViT trained longer, with stochastic depth
-        "long": {**tiny32, "model_kw": {"depth": 6, "drop_path_rate": 0.1, **MEAN_POOL}, "task_kw": {"lr": 1e-3}, "epochs": 100},
+        "long": {**tiny32, "model_kw": {"depth": 6, "drop_path_rate": 0.1, **MEAN_POOL}, "task_kw": {"lr": 1e-3},
+                 "epochs": 100},
         "speedrun": speedrun,
         "speedrun-24ep": variant(speedrun, epochs=24),
         "speedrun-no-stem-24ep": variant(speedrun, epochs=24, drop=("stem_channels",)),
@@ -78,7 +79,8 @@ def run_recipe(name: str, seed: int) -> dict:
     r = RECIPES[name]
     pl.seed_everything(seed, workers=True)
     dm = ClassificationDataModule(dataset="digits", **r["data_kw"])
-    task = ImageClassifier(r["model"], num_classes=10, img_size=dm.hparams.img_size, model_kwargs=r["model_kw"], **r["task_kw"])
+    task = ImageClassifier(r["model"], num_classes=10, img_size=dm.hparams.img_size, model_kwargs=r["model_kw"],
+                           **r["task_kw"])
     epochs = r["epochs"]
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tempfile.mkdtemp(prefix="vitkit-digits-"))
@@ -87,7 +89,8 @@ def run_recipe(name: str, seed: int) -> dict:
     seconds = time.perf_counter() - start
     test = trainer.test(task, datamodule=dm, verbose=False)[0]
     params = sum(p.numel() for p in task.model.parameters())
-    return {"recipe": name, "seed": seed, "epochs": epochs, "test_acc": test["test/acc"], "fit_s": seconds, "params": params}
+    return {"recipe": name, "seed": seed, "epochs": epochs, "test_acc": test["test/acc"], "fit_s": seconds,
+            "params": params}
 
 
 def svm_reference() -> float:
@@ -109,12 +112,14 @@ def _digits_arrays():
 
 
 def table(results: list[dict], svm: float) -> str:
-    lines = ["| recipe | epochs | params | test accuracy (mean ± std) | seeds | fit time / run |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| recipe | epochs | params | test accuracy (mean ± std) | seeds | fit time / run |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name in dict.fromkeys(r["recipe"] for r in results):
         rs = [r for r in results if r["recipe"] == name]
         accs = [r["test_acc"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {name} | {rs[0]['epochs']} | {rs[0]['params'] / 1e6:.2f} M | {statistics.mean(accs):.2%} ± {std:.2%} | "
+        lines.append(f"| {name} | {rs[0]['epochs']} | {rs[0]['params'] / 1e6:.2f} M | "
+                     f"{statistics.mean(accs):.2%} ± {std:.2%} | "
                      f"{len(rs)} | {statistics.mean(r['fit_s'] for r in rs):.0f} s |")
     lines.append(f"| RBF-SVM (reference) | — | — | {svm:.2%} | — | — |")
     return "\n".join(lines)

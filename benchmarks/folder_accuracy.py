@@ -139,7 +139,8 @@ def table(runs: list[dict], classic: dict[str, list[dict]]) -> str:
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         method = "vitkit, embedded" if data == "embedded" else f"vitkit, folder ({rs[0]['pipeline']})"
         lines.append(f"| {data} | {method} | {statistics.mean(accs):.2%} ± {std:.2%} "
-                     f"(min {min(accs):.2%}) | {len(rs)} | {statistics.median(walls):.0f} s ({min(walls):.0f}-{max(walls):.0f}) |")
+                     f"(min {min(accs):.2%}) | {len(rs)} | "
+                     f"{statistics.median(walls):.0f} s ({min(walls):.0f}-{max(walls):.0f}) |")
         for row in classic.get(data, []):
             lines.append(f"| {data} | {row['method']} | {row['test_acc']:.2%} | — | {row['seconds']:.1f} s |")
     return "\n".join(lines)

@@ -31,14 +31,15 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def run(model_name: str, lengths: list[int], batches: list[int], beam: int, repeats: int, src_len: int) -> list[dict]:
     torch.manual_seed(0)
     # untied output layer: a fresh tied model only repeats its input token, which would make "identical" trivial
-    model = vitkit.create_model(model_name, vocab_size=8000, max_len=max(lengths) + 1, dropout=0.0, tie_embeddings=False)
+    model = vitkit.create_model(model_name, vocab_size=8000, max_len=max(lengths) + 1, dropout=0.0,
+                                tie_embeddings=False)
     model.eval()
     rows = []
     for n in lengths:
         for batch, beam_size in [(b, 1) for b in batches] + ([(1, beam)] if beam > 1 else []):
             src = torch.randint(3, 8000, (batch, src_len))
 
-            def decode(use_cache: bool, tokens: int = n):
+            def decode(use_cache: bool, tokens: int = n, src: torch.Tensor = src, beam_size: int = beam_size):
                 return lambda: model.generate(src, max_new_tokens=tokens, min_new_tokens=tokens, beam_size=beam_size,
                                               use_cache=use_cache)
 
@@ -53,13 +54,15 @@ def run(model_name: str, lengths: list[int], batches: list[int], beam: int, repe
 
 
 def _row(r: dict) -> str:
-    return (f"| {r['model']} | {r['tokens']} | {r['batch']} | {r['beam']} | {r['uncached_s']:.3f} | {r['cached_s']:.3f} "
+    return (f"| {r['model']} | {r['tokens']} | {r['batch']} | {r['beam']} | "
+            f"{r['uncached_s']:.3f} | {r['cached_s']:.3f} "
             f"| {r['speedup']:.1f}x | {'yes' if r['identical'] else 'NO'} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="transformer_small", help="registered text model (vitkit.list_models(family='text'))")
+    p.add_argument("--model", default="transformer_small",
+                   help="registered text model (vitkit.list_models(family='text'))")
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="tokens to generate")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes for greedy decoding")
     p.add_argument("--beam", type=int, default=4, help="beam size of the extra beam-search row (1: none)")

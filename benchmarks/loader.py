@@ -12,7 +12,7 @@ The `digits-*` cases put the embedded digits (in memory) beside the same images 
 (`vitkit.data.write_image_folder`), read from disk on every access (`cache: none`, "cold") and decoded once
 into memory (`cache: ram`); `--digits-config` takes the image size, batch and model from a training config.
 
-    python benchmarks/loader.py                                   # ImageFolder JPEGs at 224, ViT-S/16; digits at 32, ViT-Ti/4
+    python benchmarks/loader.py   # ImageFolder JPEGs at 224, ViT-S/16; digits at 32, ViT-Ti/4
     python benchmarks/loader.py --cases imagefolder --workers 0 1 2 --json out.json
     python benchmarks/loader.py --cases digits digits-folder digits-folder-cached --workers 0 --batches 40
 """
@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 import vitkit
@@ -52,7 +52,8 @@ def write_jpeg_folder(root: str, n: int, size: int, classes: int = 4) -> None:
         folder = os.path.join(root, "train", f"class{i % classes}")
         os.makedirs(folder, exist_ok=True)
         coarse = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(os.path.join(folder, f"{i:05d}.jpg"),
+                                                                         quality=90)
 
 
 def loader_images_per_s(dm: ClassificationDataModule, batches: int) -> float:
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json")
     args = p.parse_args(argv)
     device, records = torch.device(args.device), []
-    print("| data | img | batch | workers | loader img/s | loader img/s per worker | model | train step img/s | loader÷model |")
+    print("| data | img | batch | workers | loader img/s | loader img/s per worker | model | train step img/s "
+          "| loader÷model |")
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         jpegs, pngs = os.path.join(tmp, "jpeg"), os.path.join(tmp, "digits")

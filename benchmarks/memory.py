@@ -93,7 +93,8 @@ def probe_cpu(name: str, checkpointing: bool, batch: int, precision: str) -> flo
     return int(out.stdout.strip().splitlines()[-1]) / 2**20  # KiB -> GiB
 
 
-def search_cpu(name: str, checkpointing: bool, precision: str, ram_gib: float, small: tuple[int, int], verify: bool) -> dict:
+def search_cpu(name: str, checkpointing: bool, precision: str, ram_gib: float, small: tuple[int, int],
+               verify: bool) -> dict:
     (b1, b2), start = small, time.perf_counter()
     m1, m2 = probe_cpu(name, checkpointing, b1, precision), probe_cpu(name, checkpointing, b2, precision)
     per_image = (m2 - m1) / (b2 - b1)

@@ -61,7 +61,8 @@ def hit_rates(model, x: torch.Tensor, boxes, img_size: int) -> dict[str, float]:
     rates = {}
     for method in METHODS:
         hits = [
-            pointing_hits(explain_classifier(model, x[i : i + 100], method).heatmap, boxes[i : i + 100], (img_size, img_size))
+            pointing_hits(explain_classifier(model, x[i : i + 100], method).heatmap, boxes[i : i + 100],
+                          (img_size, img_size))
             for i in range(0, len(x), 100)
         ]
         rates[method] = torch.cat(hits).float().mean().item()
@@ -96,13 +97,15 @@ def run(name: str, seed: int, args) -> dict:
 def print_header(args) -> None:
     print(f"\nPointing game: the map's peak patch inside the object's box ({args.pool} pooling, "
           f"depth {args.depth}, width {args.dim}, {args.steps} steps of 64, {args.test} test images)\n")
-    print("| set | seed | test acc | chance | " + " | ".join(f"{m} (untrained → trained)" for m in METHODS) + " | train s |")
+    print("| set | seed | test acc | chance | " + " | ".join(f"{m} (untrained → trained)" for m in METHODS)
+          + " | train s |")
     print("|---|---|---|---|" + "---|" * len(METHODS) + "---|", flush=True)
 
 
 def print_row(r: dict) -> None:
     cells = " | ".join(f"{r['untrained'][m]:.1%} → **{r['trained'][m]:.1%}**" for m in METHODS)
-    print(f"| {r['dataset']} | {r['seed']} | {r['test_acc']:.1%} | {r['chance']:.1%} | {cells} | {r['train_s']} |", flush=True)
+    print(f"| {r['dataset']} | {r['seed']} | {r['test_acc']:.1%} | {r['chance']:.1%} | {cells} | {r['train_s']} |",
+          flush=True)
 
 
 def main() -> None:

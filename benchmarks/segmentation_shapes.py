@@ -1,6 +1,7 @@
 """From-scratch segmentation on the embedded shapes scenes, run exactly as `python train.py fit --config
 configs/segmentation/shapes_segmenter.yaml` would (fit, then test of the best checkpoint), timed end to end
-(data generation, training, test), then `train.py test --ckpt_path <best>` again in a fresh run. Prints a table and checks the README's claim: test mIoU >= 0.75 within
+(data generation, training, test), then `train.py test --ckpt_path <best>` again in a fresh run.
+Prints a table and checks the README's claim: test mIoU >= 0.75 within
 10 minutes of wall time on a CPU.
 
     python benchmarks/segmentation_shapes.py                      # the README config, seed 0
@@ -50,7 +51,8 @@ def run(config: Path, seed: int, runs: Path, extra: list[str]) -> dict:
         per_class = {r["class"]: float(r["iou"]) for r in csv.DictReader(f) if r["index"]}
     retest = retest_mIoU(config, seed, runs, name, run_dir, extra)
     return {
-        "seed": seed, "wall_s": round(wall, 1), "epochs": len(val), "best_val_mIoU": round(max(val), 4), "retest_mIoU": retest,
+        "seed": seed, "wall_s": round(wall, 1), "epochs": len(val), "best_val_mIoU": round(max(val), 4),
+        "retest_mIoU": retest,
         "test_mIoU": round(float(test["test/mIoU"]), 4), "test_pixel_acc": round(float(test["test/pixel_acc"]), 4),
         "test_mAcc": round(float(test["test/mAcc"]), 4), "per_class_iou": per_class, "run_dir": str(run_dir),
     }
@@ -78,19 +80,22 @@ def main() -> None:
     results = [run(args.config, seed, runs, args.extra) for seed in args.seeds]
 
     print(f"\n{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}  "
-          f"(torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})")
-    print("| seed | epochs | wall (fit + test) | best val mIoU | test mIoU | `test --ckpt_path` mIoU | test pixel acc | "
+          f"(torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()})")
+    print("| seed | epochs | wall (fit + test) | best val mIoU | test mIoU | `test --ckpt_path` mIoU "
+          "| test pixel acc | "
           + " | ".join(results[0]["per_class_iou"]) + " |")
     print("|---" * (7 + len(results[0]["per_class_iou"])) + "|")
     for r in results:
         ious = " | ".join(f"{v:.3f}" for v in r["per_class_iou"].values())
-        print(f"| {r['seed']} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | {r['best_val_mIoU']:.3f} | {r['test_mIoU']:.3f} | "
-              f"{r['retest_mIoU']:.3f} | {r['test_pixel_acc']:.3f} | {ious} |")
+        print(f"| {r['seed']} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | {r['best_val_mIoU']:.3f} | "
+              f"{r['test_mIoU']:.3f} | {r['retest_mIoU']:.3f} | {r['test_pixel_acc']:.3f} | {ious} |")
     ok = all(r["test_mIoU"] >= TARGET_MIOU and r["wall_s"] <= TARGET_SECONDS for r in results)
     print(f"\ntarget: test mIoU >= {TARGET_MIOU} within {TARGET_SECONDS // 60} min -> {'MET' if ok else 'NOT MET'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"config": str(args.config), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                     "results": results, "target_met": ok}, indent=1))
+    args.json.write_text(json.dumps({"config": str(args.config), "torch": torch.__version__,
+                                     "threads": torch.get_num_threads(), "results": results,
+                                     "target_met": ok}, indent=1))
     print(f"results written to {args.json}")
 
 

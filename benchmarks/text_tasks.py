@@ -82,7 +82,8 @@ def main() -> None:
             target += f" in <= {r['time_limit_min']:.0f} min"
         shown = {k: v for k, v in r["metrics"].items() if k in r["targets"] or k in r["report"]}
         result = ", ".join(f"{k} = {v:.4g}" for k, v in shown.items())
-        print(f"| {r['task']} | `{r['config']}` | {r['wall_min']:.1f} | {target} | {result} | {'yes' if r['met'] else 'NO'} |")
+        print(f"| {r['task']} | `{r['config']}` | {r['wall_min']:.1f} | {target} | {result} | "
+              f"{'yes' if r['met'] else 'NO'} |")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -153,7 +153,8 @@ class Result:
 
 
 # -- building the two models --------------------------------------------------------------------------------
-def build_pair(name: str, num_classes: int, device: torch.device, vitkit_kwargs: dict | None = None) -> tuple[nn.Module, nn.Module]:
+def build_pair(name: str, num_classes: int, device: torch.device,
+               vitkit_kwargs: dict | None = None) -> tuple[nn.Module, nn.Module]:
     """timm's model and vitkit's, the latter loaded (strict) with the former's weights. `vitkit_kwargs`
     (e.g. patch_drop_rate) change what vitkit computes, not its parameters; rows made so are labelled."""
     timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
@@ -431,14 +432,14 @@ def bench_task_model(name: str, args, device: torch.device) -> list[dict]:
             amp = functools.partial(autocast, device, precision, args.sdpa)
             opt = build_adamw(model, lr=1e-4, weight_decay=0.05)
 
-            def train() -> None:
+            def train(opt=opt, amp=amp, run=run) -> None:
                 opt.zero_grad(set_to_none=True)
                 with amp():
                     loss = _task_loss(kind, run(*inputs), y)
                 loss.backward()
                 opt.step()
 
-            def infer() -> None:
+            def infer(amp=amp, run=run) -> None:
                 with torch.inference_mode(), amp():
                     run(*inputs)
 
@@ -531,13 +532,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
                    help="one or both; bf16 = autocast, on CPU too")
     p.add_argument("--compile", nargs="?", choices=("no", "yes", "both"), const="yes", default="no",
-                   help="torch.compile both models (`--compile` = yes; `both` = eager, then compiled); compile time is warm-up")
-    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                   help="torch.compile mode for both libraries (max-autotune: Triton GEMM templates with fused epilogues)")
+                   help="torch.compile both models (`--compile` = yes; `both` = eager, then compiled); "
+                        "compile time is warm-up")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile mode for both libraries "
+                        "(max-autotune: Triton GEMM templates with fused epilogues)")
     p.add_argument("--sdpa", choices=("default", "flash", "efficient", "cudnn", "math"), default="default",
                    help="limit scaled_dot_product_attention to one backend, for both libraries")
-    p.add_argument("--vitkit-sdpa", metavar="ORDER", help="vitkit only: SDPA backend order, e.g. cudnn,flash,efficient,math "
-                   "(vitkit.nn.set_sdpa_backends); timm keeps torch's default")
+    p.add_argument("--vitkit-sdpa", metavar="ORDER",
+                   help="vitkit only: SDPA backend order, e.g. cudnn,flash,efficient,math "
+                        "(vitkit.nn.set_sdpa_backends); timm keeps torch's default")
     p.add_argument("--vitkit-kwargs", nargs="+", metavar="KEY=VALUE", default=[],
                    help="vitkit model options that change the work, e.g. patch_drop_rate=0.5 (rows labelled)")
     p.add_argument("--task-models", nargs="*", choices=sorted(TASK_MODELS), metavar="NAME",
@@ -598,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
         print("matmul peak: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peak.items()), file=sys.stderr)
     results = []
     for name in args.models:
-        for r in bench_model(name, args, device, peak, on_result=results.append):
+        for _r in bench_model(name, args, device, peak, on_result=results.append):
             if args.json:  # rewritten after every result, so a run cut short keeps what it measured
                 write_json(args.json, env, results, {"matmul_peak_tflops": peak})
     task_rows = []
@@ -611,12 +616,13 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(format_row(r))
     if task_rows:
-        print("\n| vitkit model | task | size | batch | mode | precision | throughput | peak MiB |\n|---|---|---|---|---|---|---|---|")
+        print("\n| vitkit model | task | size | batch | mode | precision | throughput | peak MiB |\n"
+              "|---|---|---|---|---|---|---|---|")
         for t in task_rows:
             peak_cell = "" if t["peak_mib"] is None else f"{t['peak_mib']:.0f}"
             compiled = " +compile" if t["compiled"] else ""
-            print(f"| {t['model']} | {t['task']} | {t['size']} | {t['batch']} | {t['mode']} | {t['precision']}{compiled} | "
-                  f"{t['rate']:,.1f} {t['unit']} | {peak_cell} |")
+            print(f"| {t['model']} | {t['task']} | {t['size']} | {t['batch']} | {t['mode']} | "
+                  f"{t['precision']}{compiled} | {t['rate']:,.1f} {t['unit']} | {peak_cell} |")
     if args.json:
         write_json(args.json, env, results, {"matmul_peak_tflops": peak, "task_models": task_rows})
 

@@ -46,8 +46,8 @@ def _classifier(dm: ClassificationDataModule, args, lr: float, pretrained: str |
     model_kwargs = dict(depth=args.depth, embed_dim=args.width, num_heads=args.heads, global_pool="avg",
                         class_token=False)
     return ImageClassifier(model="vit_tiny_patch4_32", num_classes=dm.num_classes, img_size=args.img,
-                           model_kwargs=model_kwargs, pretrained=pretrained, reset_head=True, class_names=dm.class_names, lr=lr,
-                           warmup_epochs=0.1)
+                           model_kwargs=model_kwargs, pretrained=pretrained, reset_head=True,
+                           class_names=dm.class_names, lr=lr, warmup_epochs=0.1)
 
 
 def _fit(model: ImageClassifier, dm: ClassificationDataModule, **limits) -> pl.Trainer:
@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=5e-4, help="fine-tune peak learning rate (both starts)")
-    parser.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay for the pretrained start only (BEiT-style fine-tuning); the scratch start always uses none")
+    parser.add_argument("--layer-decay", type=float, default=None,
+                        help="layer-wise lr decay for the pretrained start only (BEiT-style fine-tuning); the scratch "
+                        "start always uses none")
     parser.add_argument("--freeze", default="none", help="pretrained start only: 'encoder' (linear probe) or a number "
                         "of blocks to keep fixed (model.freeze); the scratch start always trains everything")
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 30, 100])

@@ -64,7 +64,8 @@ def test_captioner_kv_cache_decoding_gives_exactly_the_uncached_tokens(beam_size
 
 @pytest.mark.parametrize("fusion", ["cross", "joint"])
 def test_vqa_question_padding_changes_nothing_and_question_and_image_both_matter(fusion):
-    model = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=2, num_heads=2, dropout=0.0, fusion=fusion, **ENC).eval()
+    model = VQATransformer(vocab_size=50, num_answers=7, dim=32, depth=2, num_heads=2, dropout=0.0, fusion=fusion,
+                           **ENC).eval()
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         alone = model(images, torch.tensor([[5, 6, 7]]))
@@ -170,6 +171,6 @@ def test_vqa_answers_are_classes_from_the_training_split(shapes):
     batch = next(iter(dm.val_dataloader()))
     assert batch["images"].shape == (8, 3, 32, 32) and batch["question"].shape[0] == 8
     known = batch["label"] >= 0
-    assert all(dm.class_names[l] == a[0] for l, a in zip(batch["label"][known].tolist(),
-                                                         [a for a, k in zip(batch["answers"], known) if k]))
+    assert all(dm.class_names[label] == a[0] for label, a in zip(batch["label"][known].tolist(),
+                                                                 [a for a, k in zip(batch["answers"], known) if k]))
     assert all(a[0] not in dm.class_names for a, k in zip(batch["answers"], known) if not k)

@@ -17,7 +17,8 @@ from vitkit.tasks.text import answer_type
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = ["--model.init_args.encoder_kwargs", '{"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2}',
-           "--data.init_args.img_size", "32", "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false"]
+           "--data.init_args.img_size", "32", "--data.init_args.batch_size", "8",
+           "--trainer.enable_progress_bar", "false"]
 SMALL = '{"dim": 32, "depth": 1, "num_heads": 2, "dropout": 0.0}'
 
 
@@ -40,7 +41,8 @@ def losses(run: Path) -> list[float]:
 
 
 def caption(sub: str, tmp: Path, shapes: Path, *extra: str) -> None:
-    main([sub, "--config", str(ROOT / "configs/captioning/shapes_captions.yaml"), "--trainer.default_root_dir", str(tmp),
+    main([sub, "--config", str(ROOT / "configs/captioning/shapes_captions.yaml"),
+          "--trainer.default_root_dir", str(tmp),
           *data_args(shapes, "captions"), *ENCODER, "--model.init_args.decoder_kwargs", SMALL, *extra])
 
 

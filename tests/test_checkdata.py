@@ -53,18 +53,21 @@ def messy_folder(tmp_path) -> Path:
     for cls in ("cats", "dogs"):
         (tmp_path / "train" / cls).mkdir(parents=True)
         for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{i}.jpg")
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / cls / f"{i}.jpg")
     good = (tmp_path / "train/cats/0.jpg").read_bytes()
     (tmp_path / "train/cats/truncated.jpg").write_bytes(good[: len(good) // 2])
     (tmp_path / "train/cats/noise.png").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
     (tmp_path / "train/dogs/empty.jpg").write_bytes(b"")
-    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").convert("CMYK").save(tmp_path / "train/dogs/cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").convert("CMYK").save(
+        tmp_path / "train/dogs/cmyk.jpg")
     return tmp_path
 
 
 def test_broken_image_files_fail_the_check_each_named(messy_folder, capsys):
     cfg = config(messy_folder, {"class_path": "vitkit.data.ClassificationDataModule",
-                                "init_args": {"dataset": "imagefolder", "root": str(messy_folder), "val_fraction": 0.3}})
+                                "init_args": {"dataset": "imagefolder", "root": str(messy_folder),
+                                              "val_fraction": 0.3}})
     code, report = check(capsys, "--config", cfg, "--show", "50")
     assert code == 1 and "check-data FAILED: 3 error(s), 1 warning(s)" in report
     assert any("truncated" in line and "ERROR" in line for line in lines_about(report, "truncated.jpg"))
@@ -121,22 +124,27 @@ def coco(tmp_path: Path) -> Path:
             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [28, 4, 10, 10]},    # crosses the border: clamped
             {"id": 4, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10]}]
     cats = [{"id": 1, "name": "thing"}]
-    (root / "annotations/train.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    val_images = [{"id": 0, "file_name": "0.png", "width": 32, "height": 32}, {"id": 0, "file_name": "1.png", "width": 32, "height": 32}]
-    (root / "annotations/val.json").write_text(json.dumps({"images": val_images, "annotations": [], "categories": cats}))
+    (root / "annotations/train.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    val_images = [{"id": 0, "file_name": "0.png", "width": 32, "height": 32},
+                  {"id": 0, "file_name": "1.png", "width": 32, "height": 32}]
+    (root / "annotations/val.json").write_text(
+        json.dumps({"images": val_images, "annotations": [], "categories": cats}))
     return root
 
 
 def test_degenerate_boxes_size_mismatch_and_duplicate_ids(tmp_path, capsys):
     root = coco(tmp_path)
     cfg = config(tmp_path, {"class_path": "vitkit.data.DetectionDataModule",
-                            "init_args": {"dataset": "coco", "root": str(root), "splits": {"train": "train", "val": "val", "test": "val"},
+                            "init_args": {"dataset": "coco", "root": str(root),
+                                          "splits": {"train": "train", "val": "val", "test": "val"},
                                           "ann_file": "annotations/{split}.json", "img_dir": "{split}"}})
     code, report = check(capsys, "--config", cfg, "--splits", "train", "val", "--show", "50")
     assert code == 1
     assert any("box-dropped" in line and "2 degenerate or out-of-image box(es)" in line for line in report.splitlines())
     assert any("box-clamped" in line and "1 box(es) crossing the image border" in line for line in report.splitlines())
-    assert any("size-mismatch" in line and "image is 32x32, its annotation says 40x32" in line for line in lines_about(report, "2.png"))
+    assert any("size-mismatch" in line and "image is 32x32, its annotation says 40x32" in line
+               for line in lines_about(report, "2.png"))
     assert any("duplicate" in line and "repeats image id 0" in line for line in report.splitlines())
 
 
@@ -166,11 +174,13 @@ class SelfCheckingDataModule(pl.LightningDataModule):
     """A data module with its own `check()`, which check-data asks directly."""
 
     def check(self, splits):
-        return [("train", "error", "duplicate", "id 7", "listed twice"), Finding("val", "warning", "mode", "a.png", "mode LA")]
+        return [("train", "error", "duplicate", "id 7", "listed twice"),
+                Finding("val", "warning", "mode", "a.png", "mode LA")]
 
 
 def test_other_data_modules_by_loading_items_or_their_own_check(tmp_path, capsys):
-    code, report = check(capsys, "--config", config(tmp_path, {"class_path": "test_checkdata.ItemsDataModule"}), "--show", "50")
+    code, report = check(capsys, "--config", config(tmp_path, {"class_path": "test_checkdata.ItemsDataModule"}),
+                         "--show", "50")
     assert code == 1 and "check-data FAILED: 3 error(s), 0 warning(s)" in report
     assert all(any("empty target" in line for line in lines_about(report, f"{s}[2]")) for s in ("train", "val", "test"))
     result = check_datamodule(SelfCheckingDataModule(), ["train", "val"])

@@ -21,7 +21,8 @@ def _write_folder(root, size: tuple[int, int], mode: str, per_class: int = 6, cl
         os.makedirs(root / "train" / f"c{c}", exist_ok=True)
         for i in range(per_class):
             shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
-            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / "train" / f"c{c}" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(
+                root / "train" / f"c{c}" / f"{i}.png")
 
 
 def _names(compose: A.Compose) -> list[str]:
@@ -56,7 +57,8 @@ def test_large_colour_folder_gets_the_photo_pipeline(tmp_path):
     assert _names(dm.train_transform)[:3] == ["RandomResizedCrop", "HorizontalFlip", "ColorJitter"]
     assert _names(dm.eval_transform)[:2] == ["SmallestMaxSize", "CenterCrop"]
     # RandAugment changes colours itself: no colour jitter on top (as timm)
-    aa = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=96, val_fraction=0.25, auto_augment="randaugment")
+    aa = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=96, val_fraction=0.25,
+                                  auto_augment="randaugment")
     assert "ColorJitter" not in _names(aa.train_transform) and "TorchvisionAutoAugment" in _names(aa.train_transform)
 
 
@@ -69,13 +71,15 @@ def test_gray_photos_saved_as_rgb_count_as_grayscale(tmp_path):
     stats = image_stats(sorted(str(p) for p in (tmp_path / "train" / "a").iterdir()))
     assert stats.grayscale and stats.modes == {"RGB": 4} and stats.median_size == (120, 100)
     choice = choose_folder_pipeline(stats, img_size=64)
-    assert choice.name == "photo-gray" and not any(isinstance(t, (A.HorizontalFlip, A.ColorJitter)) for t in choice.train)
+    assert choice.name == "photo-gray" and not any(isinstance(t, (A.HorizontalFlip, A.ColorJitter))
+                                                   for t in choice.train)
 
 
 def test_explicit_train_transforms_are_used_unchanged(tmp_path):
     _write_folder(tmp_path, (28, 28), "L")
     steps = [{"name": "RandomResizedCrop", "size": [32, 32], "scale": [0.5, 1.0]}, {"name": "HorizontalFlip", "p": 0.5}]
-    dm = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=32, val_fraction=0.25, train_transforms=steps)
+    dm = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=32, val_fraction=0.25,
+                                  train_transforms=steps)
     assert _names(dm.train_transform) == ["RandomResizedCrop", "HorizontalFlip", "Normalize", "ToTensorV2"]
     assert dm.train_transform.transforms[0].scale == (0.5, 1.0)
     assert _names(dm.eval_transform)[0] == "Resize"  # eval still gets the small-image default
@@ -162,7 +166,8 @@ def test_the_readme_command_trains_a_folder_of_digit_pngs_with_data_flags_only(d
     config = str(Path(__file__).resolve().parents[1] / "configs/classification/digits_speedrun.yaml")
     with caplog.at_level(logging.INFO, logger="vitkit"):
         main(["fit", "--config", config, "--data.init_args.dataset", "imagefolder", "--data.init_args.root", str(root),
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2",
+              "--trainer.log_every_n_steps", "1",
               "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
     assert "Default pipeline small-gray" in caplog.text and "decoded into memory" in caplog.text  # shown to the user
     (metrics,) = tmp_path.glob("digits_speedrun/version_*/metrics.csv")

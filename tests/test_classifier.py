@@ -26,7 +26,8 @@ def test_weight_decay_skips_norms_biases_and_tokens():
     names = {id(p): n for n, p in clf.model.named_parameters()}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.bias", "blocks.1.attn.qkv.bias", "head.bias"} <= no_decay
+    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.norm1.bias", "blocks.1.attn.qkv.bias",
+            "head.bias"} <= no_decay
     assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "head.weight"} <= decay
     assert not any(n.endswith(".bias") or "norm" in n for n in decay)
     assert len(no_decay) + len(decay) == len(names)
@@ -35,7 +36,8 @@ def test_weight_decay_skips_norms_biases_and_tokens():
 def test_layer_decay_scales_learning_rates_by_depth():
     clf = tiny_classifier()
     opt = build_adamw(clf.model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    lr_of = {n: g["lr"] for g in opt.param_groups for n, p in clf.model.named_parameters() if any(p is q for q in g["params"])}
+    lr_of = {n: g["lr"] for g in opt.param_groups for n, p in clf.model.named_parameters()
+             if any(p is q for q in g["params"])}
     # layers: stem 0, blocks 1..2, head 3 -> lr * 0.5 ** (3 - layer)
     assert lr_of["head.weight"] == pytest.approx(1e-3)
     assert lr_of["blocks.1.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5)
@@ -103,8 +105,10 @@ def test_short_training_on_digits_lowers_loss_and_writes_test_report(tmp_path):
     """CI's short version of the digits benchmark: a few dozen real steps must reduce the loss."""
     pl.seed_everything(0)
     dm = ClassificationDataModule(dataset="digits", img_size=16, batch_size=32)
-    clf = ImageClassifier(model="vit_tiny_patch4_32", num_classes=dm.num_classes, img_size=16, class_names=dm.class_names,
-                          model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3, "global_pool": "avg", "class_token": False},
+    clf = ImageClassifier(model="vit_tiny_patch4_32", num_classes=dm.num_classes, img_size=16,
+                          class_names=dm.class_names,
+                          model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3, "global_pool": "avg",
+                                        "class_token": False},
                           lr=2e-3, warmup_epochs=0.3)
     losses = []
 
@@ -112,8 +116,9 @@ def test_short_training_on_digits_lowers_loss_and_writes_test_report(tmp_path):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(max_epochs=3, default_root_dir=tmp_path, logger=pl.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer = pl.Trainer(max_epochs=3, default_root_dir=tmp_path, logger=pl.loggers.CSVLogger(tmp_path),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Record()])
     trainer.fit(clf, datamodule=dm)
     assert len(losses) >= 100
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10

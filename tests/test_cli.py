@@ -14,7 +14,8 @@ from vitkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
-TINY = ["--model.init_args.model_kwargs", '{"depth": 1, "embed_dim": 64, "num_heads": 2}', "--data.init_args.img_size", "16"]
+TINY = ["--model.init_args.model_kwargs", '{"depth": 1, "embed_dim": 64, "num_heads": 2}',
+        "--data.init_args.img_size", "16"]
 
 
 def run(sub: str, tmp: Path, *extra: str) -> None:
@@ -22,8 +23,9 @@ def run(sub: str, tmp: Path, *extra: str) -> None:
 
 
 def fit_args(epochs: int) -> list[str]:
-    return ["--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
-            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+    return ["--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "2", "--test_after_fit", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,8 @@ def test_resume_from_last_continues_steps_and_optimizer(fitted):
 
 
 def test_test_subcommand_reports_metrics_and_confusion_matrix(fitted, tmp_path):
-    run("test", tmp_path, "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt"), "--trainer.enable_progress_bar", "false")
+    run("test", tmp_path, "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt"),
+        "--trainer.enable_progress_bar", "false")
     out = tmp_path / "vit_tiny_digits" / "version_0"
     with open(out / "metrics.csv") as f:
         row = next(csv.DictReader(f))
@@ -103,7 +106,8 @@ def test_missing_dataset_root_is_one_clear_message(tmp_path, capsys):
 
 def test_img_size_not_divisible_by_patch_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), "--data.init_args.img_size", "30"])
+        main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path),
+              "--data.init_args.img_size", "30"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "img_size (30, 30) is not divisible by patch_size (4, 4)" in err and "img_size=32" in err
@@ -124,9 +128,11 @@ def messy_folder(tmp_path) -> Path:
     for cls in ("cats", "dogs"):
         (tmp_path / "train" / cls).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{i}.jpg")
+            Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / cls / f"{i}.jpg")
     Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(tmp_path / "train/cats/gray.png")
-    Image.fromarray(rng.integers(0, 255, (24, 24, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "train/dogs/rgba.png")
+    Image.fromarray(rng.integers(0, 255, (24, 24, 4), dtype=np.uint8), mode="RGBA").save(
+        tmp_path / "train/dogs/rgba.png")
     data = (tmp_path / "train/cats/0.jpg").read_bytes()
     (tmp_path / "train/dogs/broken.jpg").write_bytes(data[: len(data) // 2])
     return tmp_path

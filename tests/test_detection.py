@@ -25,8 +25,8 @@ from vitkit.tasks.matcher import HungarianMatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = "configs/detection/shapes_detr_nano.yaml"
-TINY_DETR = {"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 2, "num_queries": 8,
-             "pos_embed": "learn"}
+TINY_DETR = {"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 2,
+             "num_queries": 8, "pos_embed": "learn"}
 TINY_SHAPES = {"img_size": 32, "min_shapes": 0, "max_shapes": 2, "min_size": 8, "max_size": 14,
                "num_train": 64, "num_val": 12, "num_test": 8}
 
@@ -66,7 +66,8 @@ def test_registered_detector_tiny_variant(name):
     losses = criterion(out, targets)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not no_grad, f"{name}: no gradient reaches {no_grad}"
 
 
@@ -115,7 +116,8 @@ def test_detr_encoder_loads_a_timm_vit_checkpoint(tmp_path):
 
     vit = timm.create_model("vit_tiny_patch16_224", depth=1, img_size=64, num_classes=7)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
-    model = vitkit.create_model("detr_vit_tiny_patch16", num_classes=3, depth=1, img_size=64, decoder_depth=1, num_queries=4)
+    model = vitkit.create_model("detr_vit_tiny_patch16", num_classes=3, depth=1, img_size=64, decoder_depth=1,
+                                num_queries=4)
     report = model.load_pretrained(tmp_path / "vit.pth")
     assert not report.missing and not report.unexpected
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
@@ -132,8 +134,9 @@ def test_detr_encoder_loads_a_timm_vit_checkpoint(tmp_path):
 def hf_yolos(mid: bool, num_labels: int = 7):
     from transformers import YolosConfig, YolosForObjectDetection
 
-    cfg = YolosConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, image_size=[32, 48],
-                      patch_size=8, num_detection_tokens=5, num_labels=num_labels, use_mid_position_embeddings=mid)
+    cfg = YolosConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                      image_size=[32, 48], patch_size=8, num_detection_tokens=5, num_labels=num_labels,
+                      use_mid_position_embeddings=mid)
     model = YolosForObjectDetection(cfg).eval()
     with torch.no_grad():  # the default init leaves position embeddings and tokens at 0: randomise everything
         for p in model.parameters():
@@ -173,7 +176,8 @@ def test_yolos_folder_with_config_and_coco_class_mapping(tmp_path):
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
         ref, out = hf(pixel_values=x), model(x)
-    torch.testing.assert_close(out["pred_logits"], ref.logits[..., list(COCO_CATEGORY_IDS) + [91]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["pred_logits"], ref.logits[..., list(COCO_CATEGORY_IDS) + [91]],
+                               atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, atol=1e-5, rtol=1e-4)
 
 
@@ -236,7 +240,8 @@ def test_postprocess_top_k_to_original_pixels():
     boxes = torch.tensor([[[0.5, 0.25, 0.5, 0.5], [0.9, 0.9, 0.4, 0.4]]])  # canvas-normalised cxcywh
     target = {"scale": (0.5, 0.5), "orig_size": (100, 150)}  # a 150x100 image letterboxed to 75x50 on a 64 canvas
     out = postprocess(logits, boxes, [target], canvas=64, top_k=3)[0]
-    assert out["labels"].tolist() == [0, 2, 1] and out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
+    assert (out["labels"].tolist() == [0, 2, 1]
+            and out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True))
     torch.testing.assert_close(out["boxes"][0], torch.tensor([32.0, 0.0, 96.0, 64.0]))  # (16, 0, 48, 32) / 0.5
     torch.testing.assert_close(out["boxes"][1], torch.tensor([89.6, 89.6, 140.8, 100.0]))  # clamped to the height
     assert len(postprocess(logits, boxes, [target], canvas=64, top_k=3, score_threshold=0.5)[0]["scores"]) == 2
@@ -249,8 +254,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     pl.seed_everything(0)
     dm = DetectionDataModule(root=str(root / "shapes"), shapes_config=TINY_SHAPES, img_size=32, batch_size=16)
+    # warmup_epochs=7.5: 30 of 60 steps
     task = ObjectDetector("detr_vit_nano_patch8_64", num_classes=4, img_size=32, model_kwargs=TINY_DETR, lr=2e-3,
-                          encoder_lr_scale=1.0, weight_decay=0.0, warmup_epochs=7.5, class_names=dm.class_names)  # 30 of 60 steps
+                          encoder_lr_scale=1.0, weight_decay=0.0, warmup_epochs=7.5, class_names=dm.class_names)
     losses = []
 
     class Record(pl.Callback):
@@ -271,7 +277,8 @@ def test_short_training_lowers_the_loss(trained):
 
 
 def validate(task, dm, folder: Path) -> dict[str, float]:
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(folder))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(folder))
     return trainer.validate(task, datamodule=dm, verbose=False)[0]
 
 
@@ -292,7 +299,8 @@ def test_exported_results_reevaluate_to_the_logged_numbers(trained, tmp_path, ba
     with_dets = {r["image_id"] for r in results}
     assert 0 < len(with_dets) < len(gt["images"]), "some images have detections, some have none"
     assert {r["category_id"] for r in results} <= {1, 2, 3, 4}
-    assert any(not [a for a in gt["annotations"] if a["image_id"] == im["id"]] for im in gt["images"]), "a negative image"
+    assert any(not [a for a in gt["annotations"] if a["image_id"] == im["id"]]
+               for im in gt["images"]), "a negative image"
     reevaluated = coco_evaluate(dm.annotation_file("val"), tmp_path / "coco_results.json")
     assert logged["val/map_50"] > 0, "a model that found something"
     for key in COCO_KEYS:
@@ -368,8 +376,8 @@ def cli(sub: str, root: Path, *extra: str) -> None:
 
 
 def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
-    cli("fit", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-        "--trainer.check_val_every_n_epoch", "1",
+    cli("fit", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+        "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.log_every_n_steps", "1", "--test_after_fit", "false")
     run = tmp_path / "runs/shapes_detr_nano/version_0"
     with open(run / "metrics.csv") as f:
@@ -384,8 +392,10 @@ def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in printed
     assert "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]" in printed
     results = json.loads((out / "coco_results.json").read_text())
-    test_ids = {im["id"] for im in json.loads((tmp_path / "shapes/annotations/instances_test.json").read_text())["images"]}
-    assert results and {r["image_id"] for r in results} <= test_ids and {r["category_id"] for r in results} <= {1, 2, 3, 4}
+    test_ids = {im["id"]
+                for im in json.loads((tmp_path / "shapes/annotations/instances_test.json").read_text())["images"]}
+    assert (results and {r["image_id"] for r in results} <= test_ids
+            and {r["category_id"] for r in results} <= {1, 2, 3, 4})
     assert len(list((out / "detections").glob("*.png"))) == 3 and (out / "coco_eval.txt").exists()
     with open(out / "metrics.csv") as f:
         assert {"test/map", "test/map_50", "test/mar_100"} <= set(csv.DictReader(f).fieldnames)
@@ -393,7 +403,8 @@ def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
     images = tmp_path / "photos"
     images.mkdir()
     for i, size in enumerate([(32, 32), (50, 40)]):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / f"p{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            images / f"p{i}.png")
     cli("predict", tmp_path, "--ckpt_path", str(ckpt), "--data.init_args.predict_dir", str(images),
         "--model.init_args.display_threshold", "0.0")
     out = tmp_path / "runs/shapes_detr_nano/version_2"
@@ -401,7 +412,8 @@ def test_config_fit_test_and_predict_end_to_end(tmp_path, capsys):
     assert [Path(r["path"]).name for r in rows] == ["p0.png", "p1.png"]
     big = rows[1]["detections"]
     assert big and all(d["label"] in ("circle", "square", "triangle", "star") for d in big)
-    assert all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 40.01 and d["bbox"][1] + d["bbox"][3] <= 50.01 for d in big)
+    assert all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 40.01 and d["bbox"][1] + d["bbox"][3] <= 50.01
+               for d in big)
     assert len(list((out / "detections").glob("*.png"))) == 2
 
 
@@ -411,12 +423,14 @@ def tiny_coco(root: Path) -> Path:
     (root / "annotations").mkdir()
     images, anns = [], []
     for i, (w, h) in enumerate([(64, 48), (40, 64), (64, 64)]):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"val2017/{i:012d}.jpg")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            root / f"val2017/{i:012d}.jpg")
         images.append({"id": 100 + i, "file_name": f"{i:012d}.jpg", "width": w, "height": h})
     anns = [{"id": 1, "image_id": 100, "category_id": 18, "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0},
             {"id": 2, "image_id": 101, "category_id": 90, "bbox": [10, 30, 12, 20], "area": 240, "iscrowd": 0}]
     cats = [{"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]
-    (root / "annotations/instances_val2017.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (root / "annotations/instances_val2017.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return root
 
 
@@ -425,13 +439,17 @@ def test_coco_yolos_config_evaluates_a_transformers_checkpoint(tmp_path, capsys)
     from transformers import YolosConfig, YolosForObjectDetection
 
     coco = tiny_coco(tmp_path / "coco")
-    cfg = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[64, 96],
-                      patch_size=16, num_detection_tokens=6, num_labels=2, use_mid_position_embeddings=True)
+    cfg = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      image_size=[64, 96], patch_size=16, num_detection_tokens=6, num_labels=2,
+                      use_mid_position_embeddings=True)
     YolosForObjectDetection(cfg).save_pretrained(tmp_path / "yolos")
-    main(["test", "--config", str(ROOT / "configs/detection/coco_yolos_s.yaml"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+    main(["test", "--config", str(ROOT / "configs/detection/coco_yolos_s.yaml"),
+          "--trainer.default_root_dir", str(tmp_path / "runs"),
           "--data.init_args.root", str(coco), "--data.init_args.img_size", "64", "--data.init_args.num_workers", "0",
-          "--model.init_args.model_kwargs", '{"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "num_det_tokens": 6, "norm_eps": 1e-12}',
-          "--model.init_args.pretrained", str(tmp_path / "yolos"), "--trainer.precision", "32", "--trainer.enable_progress_bar", "false"])
+          "--model.init_args.model_kwargs",
+          '{"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "num_det_tokens": 6, "norm_eps": 1e-12}',
+          "--model.init_args.pretrained", str(tmp_path / "yolos"), "--trainer.precision", "32",
+          "--trainer.enable_progress_bar", "false"])
     out = tmp_path / "runs/coco_yolos_s/version_0"
     results = json.loads((out / "coco_results.json").read_text())
     assert {r["image_id"] for r in results} == {100, 101, 102} and {r["category_id"] for r in results} <= {18, 90}
@@ -440,8 +458,10 @@ def test_coco_yolos_config_evaluates_a_transformers_checkpoint(tmp_path, capsys)
 
 def test_coco_detr_config_fits_on_coco_format_data(tmp_path):
     coco = tiny_coco(tmp_path / "coco")
-    main(["fit", "--config", str(ROOT / "configs/detection/coco_detr_vit_s.yaml"), "--trainer.default_root_dir", str(tmp_path / "runs"),
-          "--data.init_args.root", str(coco), "--data.init_args.splits", '{"train": "val2017"}', "--data.init_args.img_size", "64",
+    main(["fit", "--config", str(ROOT / "configs/detection/coco_detr_vit_s.yaml"),
+          "--trainer.default_root_dir", str(tmp_path / "runs"),
+          "--data.init_args.root", str(coco), "--data.init_args.splits", '{"train": "val2017"}',
+          "--data.init_args.img_size", "64",
           "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--model.init_args.model_kwargs",
           json.dumps({**TINY_DETR, "num_queries": 4}), "--trainer.precision", "32", "--trainer.max_epochs", "1",
           "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"])

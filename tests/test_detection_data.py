@@ -37,7 +37,8 @@ CATS = [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 90, "name": 
 
 
 def ann(i: int, image_id: int, cat: int, bbox: list[float], **kw) -> dict:
-    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0, **kw}
+    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+            **kw}
 
 
 @pytest.fixture
@@ -129,7 +130,8 @@ def test_min_visibility_drops_boxes_cut_by_the_crop(tmp_path):
     write_coco(tmp_path, "train", [{"id": 1, "file_name": "one.png", "width": 64, "height": 64}],
                [ann(1, 1, 3, [0, 0, 20, 20]), ann(2, 1, 3, [40, 40, 16, 16])], CATS[:1])
     dm = DetectionDataModule("coco", root=str(tmp_path), splits={"train": "train", "val": "train", "test": "train"},
-                             img_size=32, min_visibility=0.5, train_transforms=[{"name": "Crop", "x_min": 10, "y_min": 10, "x_max": 64, "y_max": 64}])
+                             img_size=32, min_visibility=0.5,
+                             train_transforms=[{"name": "Crop", "x_min": 10, "y_min": 10, "x_max": 64, "y_max": 64}])
     _, t = dm.get_dataset("train")[0]
     assert len(t["boxes"]) == 1  # the first box keeps 100/400 of its area (< 0.5) and is dropped
     assert dm.get_dataset("val")[0][1]["eval_boxes"].shape == (2, 4)  # evaluation is never augmented
@@ -140,7 +142,8 @@ def test_degenerate_boxes_are_clamped_or_dropped_in_one_warning(tmp_path, caplog
             ann(4, 1, 3, [28, 28, 10, 10]), ann(5, 1, 3, [40, 40, 5, 5]), ann(6, 1, 3, [-4, 2, 8, 8])]
     for split in ("train", "val"):
         write_coco(tmp_path, split, [{"id": 1, "file_name": "one.png", "width": 32, "height": 32}], anns, CATS[:1])
-    dm = DetectionDataModule("coco", root=str(tmp_path), splits={"train": "train", "val": "val", "test": "val"}, img_size=32)
+    dm = DetectionDataModule("coco", root=str(tmp_path), splits={"train": "train", "val": "val", "test": "val"},
+                             img_size=32)
     with pytest.warns(UserWarning) as record:
         dm.setup("fit")
     messages = [str(w.message) for w in record if "degenerate" in str(w.message)]

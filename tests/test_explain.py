@@ -178,7 +178,8 @@ def digit_task():
 
 def _hit_rate(model, data, method: str) -> float:
     x, _ = data.tensors()
-    return pointing_hits(explain_classifier(model, x, method).heatmap, data.boxes, (CANVAS, CANVAS)).float().mean().item()
+    return pointing_hits(explain_classifier(model, x, method).heatmap, data.boxes,
+                         (CANVAS, CANVAS)).float().mean().item()
 
 
 def test_rollout_peak_falls_on_the_digit_well_above_chance(digit_task):

@@ -23,7 +23,8 @@ from vitkit.explain.tasks import eval_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
-TINY = ["--model.init_args.model_kwargs", '{"depth": 2, "embed_dim": 32, "num_heads": 2}', "--data.init_args.img_size", "16"]
+TINY = ["--model.init_args.model_kwargs", '{"depth": 2, "embed_dim": 32, "num_heads": 2}',
+        "--data.init_args.img_size", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,8 @@ def _error(capsys, *args: str) -> str:
 
 def test_bad_inputs_are_one_clear_message(run_dir, images, tmp_path, capsys):
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-    assert "nowhere.ckpt (--ckpt): file not found" in _error(capsys, "--ckpt", str(tmp_path / "nowhere.ckpt"), str(images))
+    assert "nowhere.ckpt (--ckpt): file not found" in _error(capsys, "--ckpt", str(tmp_path / "nowhere.ckpt"),
+                                                             str(images))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     assert "junk.ckpt (--ckpt): cannot read it weights-only" in _error(capsys, "--ckpt", str(junk), str(images))
@@ -123,7 +125,8 @@ def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(run_dir, imag
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     Image.open(images / "d0.png").save(folder / "good.png")
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-    assert "broken.png: cannot decode image" in _error(capsys, "--ckpt", ckpt, str(folder), "--out", str(tmp_path / "a"))
+    assert "broken.png: cannot decode image" in _error(capsys, "--ckpt", ckpt, str(folder),
+                                                       "--out", str(tmp_path / "a"))
     explain("--ckpt", ckpt, str(folder), "--out", str(tmp_path / "b"), "--skip-corrupt")
     out = capsys.readouterr().out
     assert "explained 1 image(s)" in out and "skipped 1 unreadable image(s)" in out and "broken.png" in out
@@ -132,7 +135,8 @@ def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(run_dir, imag
 
 def test_gallery_keeps_the_most_and_least_confident_in_the_true_class(tmp_path):
     gallery = PredictionGallery(k=2)
-    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path), datamodule=None)
+    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path),
+                              datamodule=None)
     module = SimpleNamespace(class_names=["a", "b", "c"])
     gallery.on_test_epoch_start(trainer, module)
     p_true = [0.9, 0.2, 0.6, 0.05, 0.99, 0.4]  # probability of the true class (class 0) per image
@@ -170,7 +174,8 @@ def detector_ckpt(tmp_path_factory) -> Path:
 def test_explain_a_detector_maps_each_detected_query(detector_ckpt, images, tmp_path, capsys):
     from vitkit.explain.tasks import detection_inputs, detector_cross_attention
 
-    explain("--ckpt", str(detector_ckpt), str(images / "d2.png"), "--out", str(tmp_path), "--min-score", "0", "--max-objects", "3")
+    explain("--ckpt", str(detector_ckpt), str(images / "d2.png"), "--out", str(tmp_path), "--min-score", "0",
+            "--max-objects", "3")
     maps, layers = np.load(tmp_path / "d2_cross.npy"), np.load(tmp_path / "d2_cross_layers.npy")
     assert maps.shape == (3, 4, 4) and layers.shape == (3, 2, 4, 4)  # (objects, [layers,] 32/8 x 32/8 patches)
     np.testing.assert_allclose(layers[:, -1], maps)
@@ -183,7 +188,8 @@ def test_explain_a_detector_maps_each_detected_query(detector_ckpt, images, tmp_
     out, every = detector_cross_attention(task.model, x)  # (B, L, Q, gh, gw)
     best = out["pred_logits"].softmax(-1)[0, :, :-1].max(-1).values.argsort(descending=True)[:3]
     np.testing.assert_allclose(maps, every[0, -1, best].numpy(), atol=1e-6)
-    assert "not available for ObjectDetector" in _error(capsys, "--ckpt", str(detector_ckpt), str(images), "--method", "grad")
+    assert "not available for ObjectDetector" in _error(capsys, "--ckpt", str(detector_ckpt), str(images),
+                                                        "--method", "grad")
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -229,10 +235,12 @@ def test_explain_a_captioner_maps_each_generated_word(images, tmp_path):
     from vitkit.tasks.text import ImageCaptioner
 
     torch.manual_seed(0)
-    tok = TextTokenizer.train(["a red circle", "a blue square and a green star", "two shapes: a red star"] * 5, vocab_size=60)
+    tok = TextTokenizer.train(["a red circle", "a blue square and a green star", "two shapes: a red star"] * 5,
+                              vocab_size=60)
     task = ImageCaptioner(encoder="vit_nano_patch4_32", encoder_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
                           img_size=16, vocab_size=tok.vocab_size, max_len=8, pad_id=tok.pad_id, bos_id=tok.bos_id,
-                          eos_id=tok.eos_id, decoder_kwargs={"dim": 32, "depth": 2, "num_heads": 2, "dropout": 0.0}).eval()
+                          eos_id=tok.eos_id,
+                          decoder_kwargs={"dim": 32, "depth": 2, "num_heads": 2, "dropout": 0.0}).eval()
     ckpt = tmp_path / "cap.ckpt"
     torch.save({"state_dict": task.state_dict(), "pytorch-lightning_version": pl.__version__, "tokenizer": tok.state(),
                 "hyper_parameters": {**task.hparams, "_class_path": "vitkit.tasks.text.ImageCaptioner"}}, ckpt)

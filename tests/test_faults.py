@@ -26,10 +26,12 @@ from vitkit.tasks import ImageClassifier
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
 # 2 epochs of 4 batches, a tiny ViT with EMA and stochastic depth (global RNG), the config's random affine (its own RNG)
-ARGS = ["--model.init_args.model_kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2, "drop_path_rate": 0.2}', "--data.init_args.img_size", "16",
+ARGS = ["--model.init_args.model_kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2, "drop_path_rate": 0.2}',
+        "--data.init_args.img_size", "16",
         "--data.init_args.batch_size", "32", "--model.init_args.ema_decay", "0.9", "--trainer.max_epochs", "2",
         "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2", "--test_after_fit", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1"]
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1"]
 
 
 def fit(root: Path, *extra: str) -> None:
@@ -132,7 +134,8 @@ def test_sigterm_to_a_train_py_subprocess_then_resume(uninterrupted, tmp_path):
     """The whole path a cluster takes: `python train.py fit` gets SIGTERM from outside, exits 0, and
     `--ckpt_path last` in a new process reaches the uninterrupted run's final metrics."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS]
+    command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", DIGITS,
+               "--trainer.default_root_dir", str(tmp_path), *ARGS]
     marker = tmp_path / "at_step_5"
     proc = subprocess.Popen([*command, *callback("WaitForSigterm", step=5, marker=str(marker))], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -212,7 +215,8 @@ def test_skip_drops_the_update_of_a_nan_batch_and_counts_it():
 
 
 def test_skip_stops_after_max_skips():
-    with pytest.raises(NonFiniteLossError, match=r"at global step 2 .*after skipping 1 such update\(s\) \(max_skips=1\)"):
+    with pytest.raises(NonFiniteLossError,
+                       match=r"at global step 2 .*after skipping 1 such update\(s\) \(max_skips=1\)"):
         tiny_fit([PoisonAt([1, 2]), NonFiniteLoss(action="skip", max_skips=1)], max_steps=5)
 
 
@@ -233,7 +237,8 @@ def test_checkpoint_with_pickled_code_is_refused_without_running_it(uninterrupte
     ckpt["extra"] = Payload(str(marker))
     torch.save(ckpt, tmp_path / "evil.ckpt")
     with pytest.raises(SystemExit) as stopped:
-        main(["test", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS, "--ckpt_path", str(tmp_path / "evil.ckpt")])
+        main(["test", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS,
+              "--ckpt_path", str(tmp_path / "evil.ckpt")])
     assert stopped.value.code == 2 and not marker.exists()
     err = capsys.readouterr().err
     assert "evil.ckpt: refused by weights-only loading (it holds the Python global getattr)" in err
@@ -244,13 +249,17 @@ def test_checkpoint_of_another_task_or_format_is_a_clear_error(uninterrupted, tm
     ckpt["vitkit"]["task"] = "vitkit.tasks.segmentation.SemanticSegmenter"
     torch.save(ckpt, tmp_path / "seg.ckpt")
     with pytest.raises(SystemExit) as stopped:
-        main(["validate", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS, "--ckpt_path", str(tmp_path / "seg.ckpt")])
+        main(["validate", "--config", DIGITS, "--trainer.default_root_dir", str(tmp_path), *ARGS,
+              "--ckpt_path", str(tmp_path / "seg.ckpt")])
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert "a checkpoint of vitkit.tasks.segmentation.SemanticSegmenter; this run's task is vitkit.tasks.ImageClassifier" in err
-    ckpt["vitkit"].update(task="vitkit.tasks.classification.ImageClassifier", format=CHECKPOINT_FORMAT + 1, version="9.0.0")
+    assert ("a checkpoint of vitkit.tasks.segmentation.SemanticSegmenter; "
+            "this run's task is vitkit.tasks.ImageClassifier") in err
+    ckpt["vitkit"].update(task="vitkit.tasks.classification.ImageClassifier", format=CHECKPOINT_FORMAT + 1,
+                          version="9.0.0")
     torch.save(ckpt, tmp_path / "future.ckpt")
-    with pytest.raises(CheckpointError, match=rf"written by vitkit 9.0.0 in checkpoint format {CHECKPOINT_FORMAT + 1}; this is vitkit"):
+    with pytest.raises(CheckpointError,
+                       match=rf"written by vitkit 9.0.0 in checkpoint format {CHECKPOINT_FORMAT + 1}; this is vitkit"):
         load_checkpoint(tmp_path / "future.ckpt", task=ImageClassifier)
 
 

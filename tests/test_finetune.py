@@ -17,7 +17,8 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
 def tiny_classifier(**kw) -> ImageClassifier:
-    return ImageClassifier(model="vit_tiny_patch4_32", num_classes=10, img_size=16, model_kwargs=TINY, warmup_epochs=0.0, **kw)
+    return ImageClassifier(model="vit_tiny_patch4_32", num_classes=10, img_size=16, model_kwargs=TINY,
+                           warmup_epochs=0.0, **kw)
 
 
 def digits(batch_size: int = 32) -> ClassificationDataModule:
@@ -25,7 +26,8 @@ def digits(batch_size: int = 32) -> ClassificationDataModule:
 
 
 def fit(clf: ImageClassifier, tmp_path, steps: int | float, callbacks=(), max_epochs: int = 1) -> pl.Trainer:
-    trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=steps, limit_val_batches=0, default_root_dir=tmp_path, logger=False,
+    trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=steps, limit_val_batches=0,
+                         default_root_dir=tmp_path, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=list(callbacks))
     trainer.fit(clf, datamodule=digits())
@@ -39,7 +41,8 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # -- freezing --
 @pytest.mark.parametrize(
     "freeze, frozen_prefixes",
-    [("encoder", ("patch_embed", "pos_embed", "cls_token", "blocks", "norm.")), (1, ("patch_embed", "pos_embed", "cls_token", "blocks.0."))],
+    [("encoder", ("patch_embed", "pos_embed", "cls_token", "blocks", "norm.")),
+     (1, ("patch_embed", "pos_embed", "cls_token", "blocks.0."))],
 )
 def test_frozen_weights_stay_and_only_trainable_ones_are_optimised(tmp_path, freeze, frozen_prefixes):
     clf = tiny_classifier(freeze=freeze, lr=1e-2)
@@ -58,7 +61,8 @@ def test_frozen_weights_stay_and_only_trainable_ones_are_optimised(tmp_path, fre
 def test_layer_decay_with_frozen_blocks_keeps_depth_scales():
     clf = tiny_classifier(freeze=1)
     opt = build_adamw(clf.model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    lr_of = {n: g["lr"] for g in opt.param_groups for n, p in clf.model.named_parameters() if any(p is q for q in g["params"])}
+    lr_of = {n: g["lr"] for g in opt.param_groups for n, p in clf.model.named_parameters()
+             if any(p is q for q in g["params"])}
     # layers: stem 0, blocks 1..2, head 3; frozen stem and blocks.0 are absent, the rest keep lr * 0.5 ** (3 - layer)
     assert set(lr_of) == {n for n, p in clf.model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("blocks.0.", "patch_embed", "pos_embed", "cls_token")) for n in lr_of)
@@ -101,8 +105,10 @@ def test_odd_batch_is_not_mixed_and_keeps_label_smoothing():
 
 def test_mixup_training_lowers_loss_on_digits(tmp_path):
     pl.seed_everything(0)
-    clf = ImageClassifier(model="vit_tiny_patch4_32", num_classes=10, img_size=16, lr=2e-3, warmup_epochs=0.3, mixup=0.2, cutmix=0.5,
-                          model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3, "global_pool": "avg", "class_token": False})
+    clf = ImageClassifier(model="vit_tiny_patch4_32", num_classes=10, img_size=16, lr=2e-3, warmup_epochs=0.3,
+                          mixup=0.2, cutmix=0.5,
+                          model_kwargs={"depth": 2, "embed_dim": 96, "num_heads": 3, "global_pool": "avg",
+                                        "class_token": False})
     losses: list[float] = []
 
     class Record(pl.Callback):
@@ -134,7 +140,8 @@ def test_ema_is_the_decayed_average_and_validation_uses_it(tmp_path):
     for n in ema:
         torch.testing.assert_close(ema[n], expected[n], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(ema["head.weight"], live["head.weight"])
-    assert set(clf.state_dict()) == {f"model.{n}" for n in clf.model.state_dict()} | {k for k in clf.state_dict() if "metrics" in k or "confusion" in k}
+    assert set(clf.state_dict()) == ({f"model.{n}" for n in clf.model.state_dict()}
+                                     | {k for k in clf.state_dict() if "metrics" in k or "confusion" in k})
     # validation: the logged val/loss is the EMA model's loss, not the live model's
     dm = digits()
     trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -142,7 +149,11 @@ def test_ema_is_the_decayed_average_and_validation_uses_it(tmp_path):
     dm.setup("validate")
     with torch.no_grad():
         batches = list(dm.val_dataloader())
-        loss_of = lambda net: sum(float(F.cross_entropy(net(x), y, reduction="sum")) for x, y in batches) / sum(len(y) for _, y in batches)
+
+        def loss_of(net):
+            return (sum(float(F.cross_entropy(net(x), y, reduction="sum")) for x, y in batches)
+                    / sum(len(y) for _, y in batches))
+
         assert result["val/loss"] == pytest.approx(loss_of(clf.ema.module), rel=1e-4)
         assert abs(result["val/loss"] - loss_of(clf.model.eval())) > 1e-4
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
 CASE_TIMEOUT_S = 20
 
@@ -69,7 +68,8 @@ def _idx(images: bool) -> bytes:
     if images:
         return (np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([4, 28, 28], ">i4").tobytes()
                 + np.zeros(4 * 28 * 28, np.uint8).tobytes())
-    return np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([4], ">i4").tobytes() + np.arange(4, dtype=np.uint8).tobytes()
+    return (np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([4], ">i4").tobytes()
+            + np.arange(4, dtype=np.uint8).tobytes())
 
 
 COCO = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 12}],
@@ -85,7 +85,15 @@ VOC_XML = ("<annotation><filename>a.png</filename><size><width>10</width><height
 # --------------------------------------------------------------------------------------------- readers
 def readers(work: Path) -> dict[str, tuple[str, bytes, Callable[[str], object]]]:
     """name -> (file name, a valid file's bytes, read(path)); the file is written into `work/<name>/`."""
-    from vitkit.data import ClassificationDataModule, TextTokenizer, load_mask, load_rgb, read_captions, read_pairs, read_vqa
+    from vitkit.data import (
+        ClassificationDataModule,
+        TextTokenizer,
+        load_mask,
+        load_rgb,
+        read_captions,
+        read_pairs,
+        read_vqa,
+    )
     from vitkit.data.detection import read_coco, read_voc
     from vitkit.data.segmentation import read_class_names
     from vitkit.faults import load_checkpoint
@@ -112,7 +120,8 @@ def readers(work: Path) -> dict[str, tuple[str, bytes, Callable[[str], object]]]
         "voc_annotation_xml": ("Annotations/a.xml", VOC_XML.encode(), voc_annotation),
         "voc_split_txt": ("ImageSets/Main/train.txt", b"a\n", voc_split),
         "text_tsv": ("pairs.tsv", b"one two\tuno dos\nthree\ttres\n", read_pairs),
-        "text_jsonl": ("pairs.jsonl", b'{"source": "one", "target": "uno"}\n{"source": "two", "target": "dos"}\n', read_pairs),
+        "text_jsonl": ("pairs.jsonl", b'{"source": "one", "target": "uno"}\n{"source": "two", "target": "dos"}\n',
+                       read_pairs),
         "tokenizer_json": ("tokenizer.json", _tokenizer(work), TextTokenizer.from_file),
         "captions_json": ("captions.json", json.dumps(CAPTIONS).encode(), lambda p: read_captions(p, beside(p))),
         "vqa_json": ("vqa.json", json.dumps(VQA).encode(), lambda p: read_vqa(p, beside(p))),
@@ -202,7 +211,8 @@ def fuzz_results(tmp_path_factory) -> dict[str, list[dict]]:
     proc = subprocess.run([sys.executable, __file__, str(work)], capture_output=True, text=True, timeout=600, env=env)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     started = [line["start"] for line in lines if "start" in line]
-    assert proc.returncode == 0, f"the interpreter died (status {proc.returncode}) in case {started[-1:]}:\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (f"the interpreter died (status {proc.returncode}) in case {started[-1:]}:\n"
+                                  f"{proc.stderr[-2000:]}")
     results = [line for line in lines if "reader" in line]
     assert len(results) == len(started)
     by_reader: dict[str, list[dict]] = {}

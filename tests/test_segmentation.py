@@ -87,10 +87,12 @@ def test_task_accumulates_validation_over_stacked_and_listed_batches(monkeypatch
     preds, targets = random_batches(K, n=3, seed=1)
     pending = [torch.from_numpy(p) for p in preds[:2]] + [torch.from_numpy(preds[2][i : i + 1]) for i in range(2)]
     monkeypatch.setattr(task, "segment", lambda x, *a, **k: F.one_hot(pending.pop(0), K).permute(0, 3, 1, 2).float())
-    for p, t in zip(preds[:2], targets[:2]):
-        task.validation_step({"image": torch.zeros(2, 3, *t.shape[1:]), "mask": torch.from_numpy(t), "path": ["a", "b"]}, 0)
+    for _p, t in zip(preds[:2], targets[:2]):
+        task.validation_step({"image": torch.zeros(2, 3, *t.shape[1:]), "mask": torch.from_numpy(t),
+                              "path": ["a", "b"]}, 0)
     t = targets[2]  # a batch of two images kept as a list, as for images of different sizes
-    task.validation_step({"image": [torch.zeros(3, *t.shape[1:])] * 2, "mask": [torch.from_numpy(m) for m in t], "path": ["c", "d"]}, 0)
+    task.validation_step({"image": [torch.zeros(3, *t.shape[1:])] * 2, "mask": [torch.from_numpy(m) for m in t],
+                          "path": ["c", "d"]}, 0)
     cm = numpy_scores(preds, targets, K)[0]
     np.testing.assert_array_equal(task.val_confusion.compute().numpy(), cm)
 
@@ -104,7 +106,8 @@ def test_window_starts_cover_the_side_and_end_at_the_border():
         covered = np.zeros(size, dtype=bool)
         for s in starts:
             covered[s : s + window] = True
-        assert covered.all() and starts[-1] + window == size and all(b - a <= stride for a, b in zip(starts, starts[1:]))
+        assert (covered.all() and starts[-1] + window == size
+                and all(b - a <= stride for a, b in zip(starts, starts[1:])))
 
 
 def test_a_window_as_large_as_the_image_gives_the_whole_image_result():
@@ -166,7 +169,8 @@ def test_every_head_on_vitkit_and_timm_encoders(head, encoder):
     logits = model(x)
     assert logits.shape == (2, 4, 32, 32) and torch.isfinite(logits).all()
     F.cross_entropy(logits, torch.randint(0, 4, (2, 32, 32))).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not no_grad, f"no gradient reaches {no_grad}"
 
 
@@ -178,8 +182,8 @@ def test_encoder_weights_from_a_timm_checkpoint_file(encoder, tmp_path):
 
     source = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=1000)
     torch.save(source.state_dict(), tmp_path / "vit.pth")
-    model = create_segmenter("segmenter_vit_tiny_patch16_512", num_classes=3, img_size=32, encoder=encoder, head="linear",
-                             encoder_kwargs={"depth": 1}, pretrained=str(tmp_path / "vit.pth"))
+    model = create_segmenter("segmenter_vit_tiny_patch16_512", num_classes=3, img_size=32, encoder=encoder,
+                             head="linear", encoder_kwargs={"depth": 1}, pretrained=str(tmp_path / "vit.pth"))
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     torch.testing.assert_close(model.encoder.patch_embed.proj.weight, source.patch_embed.proj.weight)
@@ -189,10 +193,12 @@ def test_encoder_weights_from_a_timm_checkpoint_file(encoder, tmp_path):
 def test_layer_decay_keeps_the_head_at_full_lr_and_no_decay_on_class_embeddings():
     task = tiny_task(model_kwargs={"encoder_kwargs": {**TINY_ENCODER, "depth": 2}})
     opt = build_adamw(task.model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    group = {n: g for g in opt.param_groups for n, p in task.model.named_parameters() if any(p is q for q in g["params"])}
+    group = {n: g for g in opt.param_groups for n, p in task.model.named_parameters()
+             if any(p is q for q in g["params"])}
     # groups as for a classifier: stem 0, blocks 1..2 (final norm with the last), head 3 -> lr * 0.5 ** (3 - group)
     assert group["head.proj_dec.weight"]["lr"] == group["head.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(1e-3)
-    assert group["encoder.blocks.1.attn.qkv.weight"]["lr"] == group["encoder.norm.weight"]["lr"] == pytest.approx(1e-3 * 0.5)
+    assert (group["encoder.blocks.1.attn.qkv.weight"]["lr"] == group["encoder.norm.weight"]["lr"]
+            == pytest.approx(1e-3 * 0.5))
     assert group["encoder.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(1e-3 * 0.25)
     assert group["encoder.pos_embed"]["lr"] == pytest.approx(1e-3 * 0.125)
     assert group["head.cls_emb"]["weight_decay"] == 0 and group["encoder.pos_embed"]["weight_decay"] == 0
@@ -207,7 +213,8 @@ def test_registry_and_clear_errors(tmp_path):
     # `pretrained` reaches the encoder (the file holds an encoder's weights, not a whole segmenter's)
     source = vitkit.create_model("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32).encoder
     torch.save(source.state_dict(), tmp_path / "encoder.pth")
-    model = vitkit.create_model("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32, pretrained=tmp_path / "encoder.pth")
+    model = vitkit.create_model("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32,
+                                pretrained=tmp_path / "encoder.pth")
     torch.testing.assert_close(model.encoder.state_dict(), source.state_dict())
     with pytest.raises(ValueError, match="did you mean segmenter_vit_small_patch16_512"):
         create_segmenter("segmenter_vit_smal_patch16_512")
@@ -227,7 +234,8 @@ def test_class_weights_and_ignored_pixels_in_the_loss():
 
 
 # --------------------------------------------------------------------------- data
-def write_folder(root, split: str, items: dict[str, tuple[np.ndarray, np.ndarray | None]], mask_mode: str = "L") -> None:
+def write_folder(root, split: str, items: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                 mask_mode: str = "L") -> None:
     (root / split / "images").mkdir(parents=True, exist_ok=True)
     (root / split / "masks").mkdir(parents=True, exist_ok=True)
     for name, (image, mask) in items.items():
@@ -254,7 +262,8 @@ def test_folder_dataset_batches_pad_with_ignore_and_keep_eval_resolution(folder)
     assert dm.num_classes == 3 and dm.class_names == ["background", "cat", "dog"] and dm.ignore_index == 255
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64) and batch["mask"].dtype == torch.int64
+    assert (batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64)
+            and batch["mask"].dtype == torch.int64)
     # 40x50 scaled to short side 64 is 64x80: the crop is full; a 24x30 image in eval keeps its size
     val = next(iter(dm.val_dataloader()))
     assert isinstance(val["image"], list) and [tuple(m.shape) for m in val["mask"]] == [(24, 30), (40, 90)]
@@ -287,14 +296,16 @@ def test_label_out_of_range_names_the_file_and_values(folder):
     mask[1, :5] = 255  # the ignore value is fine
     write_folder(folder, "train", {"t0": (image, mask)})
     dm = SegmentationDataModule("folder", root=str(folder), img_size=32)
-    with pytest.raises(DataError, match=r"t0\.png .*label value\(s\) 7 in 5 pixel\(s\) are >= num_classes=3 and not the ignore value 255"):
+    with pytest.raises(DataError, match=r"t0\.png .*label value\(s\) 7 in 5 pixel\(s\) are >= num_classes=3 "
+                                        r"and not the ignore value 255"):
         dm.get_dataset("train")[0]
 
 
 def test_image_without_mask_is_listed(folder):
     write_folder(folder, "train", {"lonely": (scene(40, 50, 0)[0], None)})
     dm = SegmentationDataModule("folder", root=str(folder), img_size=32)
-    with pytest.raises(DataError, match=r"1 of 5 image\(s\) have no mask file: .*lonely\.jpg \(no .*masks/lonely\.png\)"):
+    with pytest.raises(DataError,
+                       match=r"1 of 5 image\(s\) have no mask file: .*lonely\.jpg \(no .*masks/lonely\.png\)"):
         dm.setup("fit")
 
 

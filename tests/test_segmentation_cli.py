@@ -15,13 +15,16 @@ from vitkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = str(ROOT / "configs/segmentation/shapes_segmenter.yaml")
-TINY_MODEL = '{"head": "conv", "encoder_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, "head_kwargs": {"channels": 16}}'
+TINY_MODEL = ('{"head": "conv", "encoder_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, '
+              '"head_kwargs": {"channels": 16}}')
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def shapes_args(tmp: Path, *extra: str) -> list[str]:
-    return ["--config", SHAPES, "--trainer.default_root_dir", str(tmp / "runs"), "--data.init_args.root", str(tmp / "data"),
-            "--data.init_args.shapes", '{"num_train": 48, "num_val": 8, "num_test": 8}', "--data.init_args.batch_size", "8",
+    return ["--config", SHAPES, "--trainer.default_root_dir", str(tmp / "runs"),
+            "--data.init_args.root", str(tmp / "data"),
+            "--data.init_args.shapes", '{"num_train": 48, "num_val": 8, "num_test": 8}',
+            "--data.init_args.batch_size", "8",
             "--model.init_args.model_kwargs", TINY_MODEL, "--model.init_args.num_visualize", "3", *QUIET, *extra]
 
 
@@ -34,8 +37,8 @@ def rows(run: Path) -> list[dict]:
 def fitted(tmp_path_factory) -> Path:
     """36 steps of the shapes config on a small generated set, then the test of the best checkpoint."""
     tmp = tmp_path_factory.mktemp("seg")
-    main(["fit", *shapes_args(tmp, "--trainer.max_steps", "36", "--trainer.log_every_n_steps", "1", "--model.init_args.lr", "4e-3",
-                              "--test_after_fit", "true")])
+    main(["fit", *shapes_args(tmp, "--trainer.max_steps", "36", "--trainer.log_every_n_steps", "1",
+                              "--model.init_args.lr", "4e-3", "--test_after_fit", "true")])
     return tmp / "runs" / "shapes_segmenter" / "version_0"
 
 
@@ -51,7 +54,8 @@ def test_short_shapes_training_loss_falls_and_logs_miou(fitted):
     assert 0 < float(test["test/mIoU"]) <= float(test["test/pixel_acc"]) <= 1
     table = list(csv.DictReader(open(fitted / "per_class_iou.csv")))
     assert [r["class"] for r in table][:5] == ["background", "circle", "square", "triangle", "star"]
-    assert float(next(r for r in table if r["class"] == "mean")["iou"]) == pytest.approx(float(test["test/mIoU"]), abs=1e-6)
+    assert (float(next(r for r in table if r["class"] == "mean")["iou"])
+            == pytest.approx(float(test["test/mIoU"]), abs=1e-6))
     pictures = sorted(p.name for p in (fitted / "test_samples").iterdir())
     assert len(pictures) == 6 and pictures[0] == "000_00000_mask.png" and pictures[1] == "000_00000_overlay.png"
     assert Image.open(fitted / "test_samples" / pictures[1]).size == (64 * 3 + 8, 64), "image | truth | prediction"
@@ -96,8 +100,10 @@ def test_ade20k_config_runs_on_a_stand_in_folder(tmp_path):
         (ade / "annotations" / part).mkdir(parents=True)
         for i in range(n):
             h, w = (40, 56) if i % 2 else (48, 40)
-            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(ade / "images" / part / f"ADE_{i}.jpg")
-            Image.fromarray(rng.integers(0, 151, (h, w)).astype(np.uint8)).save(ade / "annotations" / part / f"ADE_{i}.png")
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                ade / "images" / part / f"ADE_{i}.jpg")
+            Image.fromarray(rng.integers(0, 151, (h, w)).astype(np.uint8)).save(
+                ade / "annotations" / part / f"ADE_{i}.png")
     main(["fit", "--config", str(ROOT / "configs/segmentation/ade20k_segmenter_vit_s16.yaml"),
           "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.init_args.root", str(tmp_path),
           "--data.init_args.img_size", "32", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
@@ -127,9 +133,11 @@ def test_a_mask_of_the_wrong_size_stops_fit_with_one_message(tmp_path, capsys):
             Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / split / "images" / f"{i}.png")
             Image.fromarray(np.zeros((64 if i else 60, 64), np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SHAPES, "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.init_args.dataset",
-              "folder", "--data.init_args.root", str(tmp_path), "--data.init_args.batch_size", "2",
-              "--model.init_args.model_kwargs", TINY_MODEL, "--model.init_args.class_weights", "null", "--trainer.max_steps", "1", *QUIET])
+        main(["fit", "--config", SHAPES, "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--data.init_args.dataset", "folder", "--data.init_args.root", str(tmp_path),
+              "--data.init_args.batch_size", "2",
+              "--model.init_args.model_kwargs", TINY_MODEL, "--model.init_args.class_weights", "null",
+              "--trainer.max_steps", "1", *QUIET])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "0.png: mask is 64x60 (width x height) but its image" in err and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""Every speed-up keeps the plain path's results: class-token-only last block, fused AdamW, compile without graph breaks."""
+"""Every speed-up keeps the plain path's results: class-token-only last block, fused AdamW, compile without
+graph breaks."""
 import pytest
 import torch
 
@@ -46,7 +47,8 @@ def test_attention_num_queries_is_the_first_rows_of_full_attention():
     mask = torch.rand(2, 1, 9, 9) > 0.3
     mask[..., 0] = True  # every query may attend somewhere
     torch.testing.assert_close(block(x, num_queries=3), block(x)[:, :3], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(block(x, attn_mask=mask, num_queries=2), block(x, attn_mask=mask)[:, :2], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(block(x, attn_mask=mask, num_queries=2), block(x, attn_mask=mask)[:, :2],
+                               atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="num_queries"):
         Attention(32, 4, cross=True)(x, context=x, num_queries=1)
 

@@ -35,7 +35,8 @@ def test_maybe_compile_compiles_in_place_and_keeps_state_dict_keys():
     assert module._compiled_call_impl is not None and list(module.state_dict()) == keys
 
 
-@pytest.mark.parametrize("task", [ImageClassifier, SemanticSegmenter, ObjectDetector, Seq2Seq, ImageCaptioner, VisualQA])
+@pytest.mark.parametrize("task", [ImageClassifier, SemanticSegmenter, ObjectDetector, Seq2Seq, ImageCaptioner,
+                                  VisualQA])
 def test_every_task_is_a_vitkit_task_with_a_monitor(task):
     assert issubclass(task, VitkitTask)
     assert task.monitor_mode in ("min", "max") and isinstance(task.runtime_hparams, tuple)
@@ -44,9 +45,11 @@ def test_every_task_is_a_vitkit_task_with_a_monitor(task):
 def test_a_model_that_cannot_be_built_is_one_config_error_naming_the_field_and_the_keywords():
     from vitkit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"model.init_args: cannot build 'vit_tiny_patch4_32' with .*'not_an_option': 1"):
+    with pytest.raises(ConfigError,
+                       match=r"model.init_args: cannot build 'vit_tiny_patch4_32' with .*'not_an_option': 1"):
         ImageClassifier("vit_tiny_patch4_32", model_kwargs={"not_an_option": 1})
-    with pytest.raises(ConfigError, match=r"model.init_args: cannot build 'segmenter_vit_nano_patch8_64' with .*img_size"):
+    with pytest.raises(ConfigError,
+                       match=r"model.init_args: cannot build 'segmenter_vit_nano_patch8_64' with .*img_size"):
         SemanticSegmenter("segmenter_vit_nano_patch8_64", img_size=60)  # 8x8 patches do not divide 60
 
 

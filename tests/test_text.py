@@ -64,7 +64,8 @@ def test_text_and_vision_use_the_same_block_and_attention_classes():
     vit = vitkit.create_model("vit_nano_patch4_32", depth=1)
     assert type(vit.blocks[0]) is EncoderBlock is type(s2s.encoder.blocks[0])
     assert all(type(b) is DecoderBlock for b in s2s.decoder.blocks)
-    attention_like = [m for m in s2s.modules() if "attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()]
+    attention_like = [m for m in s2s.modules()
+                      if "attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()]
     assert attention_like and all(type(m) is Attention for m in attention_like)
     assert vitkit.models.seq2seq.EncoderBlock is vitkit.nn.blocks.EncoderBlock
     assert vitkit.models.seq2seq.DecoderBlock is vitkit.nn.blocks.DecoderBlock
@@ -72,7 +73,8 @@ def test_text_and_vision_use_the_same_block_and_attention_classes():
 
 def test_fused_attention_is_called_in_one_place_only():
     root = Path(vitkit.__file__).parent
-    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "scaled_dot_product_attention" in p.read_text())
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if "scaled_dot_product_attention" in p.read_text())
     assert users == ["nn/attention.py"], f"attention implemented outside vitkit/nn/attention.py: {users}"
 
 

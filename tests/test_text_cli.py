@@ -22,7 +22,8 @@ TINY = ["--model.init_args.model_kwargs", '{"dim": 32, "enc_depth": 1, "dec_dept
 
 
 def run(sub: str, tmp: Path, data_root: Path, *extra: str) -> None:
-    main([sub, "--config", CONFIG, "--trainer.default_root_dir", str(tmp / "runs"), "--data.init_args.root", str(data_root),
+    main([sub, "--config", CONFIG, "--trainer.default_root_dir", str(tmp / "runs"),
+          "--data.init_args.root", str(data_root),
           "--data.init_args.num_train", "600", "--data.init_args.batch_size", "32", *TINY, *extra])
 
 
@@ -139,8 +140,8 @@ def test_summarisation_on_jsonl_files_reports_rouge_l(tmp_path):
     run("fit", tmp_path, tmp_path / "none", "--data.init_args.train_file", str(tmp_path / "train.jsonl"),
         "--data.init_args.val_file", str(tmp_path / "val.jsonl"), "--data.init_args.source_field", "article",
         "--data.init_args.target_field", "summary", "--data.init_args.vocab_size", "300", "--model.init_args.rouge",
-        "true", "--model.init_args.monitor_metric", "rougeL", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-        "--test_after_fit", "true")
+        "true", "--model.init_args.monitor_metric", "rougeL", "--trainer.max_steps", "2",
+        "--trainer.val_check_interval", "2", "--test_after_fit", "true")
     with open(tmp_path / "runs" / "numbers_tiny" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     test_rouge = [float(r["test/rougeL"]) for r in rows if r.get("test/rougeL")]

@@ -10,11 +10,25 @@ import numpy as np
 import pytest
 
 from vitkit.data.numbers import (
-    KINDS, MONTHS, NumbersConfig, Style, date_words, generate_numbers, make_pair, number_to_words, ordinal_words,
+    KINDS,
+    MONTHS,
+    NumbersConfig,
+    Style,
+    date_words,
+    generate_numbers,
+    make_pair,
+    number_to_words,
+    ordinal_words,
     year_to_words,
 )
 from vitkit.data.text import (
-    LengthGuard, Seq2SeqDataModule, TextTokenizer, adopt_tokenizer, linked_special_id, linked_vocab_size, read_pairs,
+    LengthGuard,
+    Seq2SeqDataModule,
+    TextTokenizer,
+    adopt_tokenizer,
+    linked_special_id,
+    linked_vocab_size,
+    read_pairs,
 )
 from vitkit.errors import CheckpointError, DataError, DatasetNotFoundError
 
@@ -53,7 +67,8 @@ def test_checkpoint_tokenizer_that_differs_from_the_configured_file_is_an_error(
     other = TextTokenizer.train(["completely different words"] * 10, vocab_size=300)
     assert adopt_tokenizer(tok.state(), tok, "same.json").fingerprint == tok.fingerprint
     assert adopt_tokenizer(tok.state(), None, None).fingerprint == tok.fingerprint
-    with pytest.raises(CheckpointError, match=r"data.tokenizer other.json .* does not match the checkpoint's tokenizer"):
+    with pytest.raises(CheckpointError,
+                       match=r"data.tokenizer other.json .* does not match the checkpoint's tokenizer"):
         adopt_tokenizer(tok.state(), other, "other.json")
 
 
@@ -82,7 +97,8 @@ def test_a_foreign_tokenizer_file_is_used_with_its_own_special_ids(tmp_path):
     assert loaded.encode("hello world") == [4, 5]
     path = str(tmp_path / "bert_like.json")  # what the CLI links to the model:
     assert (linked_vocab_size(path, 1000), *(linked_special_id(w, path) for w in ("pad", "bos", "eos"))) == (6, 0, 2, 3)
-    assert (linked_vocab_size(None, 1000), *(linked_special_id(w, None) for w in ("pad", "bos", "eos"))) == (1000, 0, 1, 2)
+    assert (linked_vocab_size(None, 1000),
+            *(linked_special_id(w, None) for w in ("pad", "bos", "eos"))) == (1000, 0, 1, 2)
 
 
 # --------------------------------------------------------------------------- parallel files
@@ -103,7 +119,8 @@ def test_tsv_and_jsonl_readers(tmp_path):
         ("nofield.tsv", "one\t1\nno tab here\n", r"nofield.tsv, line 2: found 1 tab-separated field; expected 2"),
         ("blank_target.tsv", "one\t \n", r"blank_target.tsv, line 1: empty target"),
         ("bad.jsonl", '{"source": "a", "target": "b"}\n{"source": "a",\n', r"bad.jsonl, line 2: invalid JSON"),
-        ("keys.jsonl", '{"src": "a", "tgt": "b"}\n', r"keys.jsonl, line 1: no text field 'source', 'target' \(found keys \['src', 'tgt'\]\)"),
+        ("keys.jsonl", '{"src": "a", "tgt": "b"}\n',
+         r"keys.jsonl, line 1: no text field 'source', 'target' \(found keys \['src', 'tgt'\]\)"),
         ("nothing.tsv", "", r"nothing.tsv: no lines"),
     ],
 )
@@ -125,7 +142,8 @@ def test_long_lines_are_an_error_by_default_and_truncated_on_request():
     guard = LengthGuard("truncate")
     assert guard([1, 2, 3, 4, 5], 4, "f.tsv, line 3", "source") == [1, 2, 3, 4]
     assert guard([1, 2], 4, "f.tsv, line 4", "source") == [1, 2]
-    with pytest.warns(UserWarning, match=r"train: truncated 1 over-long line\(s\).*f.tsv, line 3 \(source, 5 -> 4 tokens\)"):
+    with pytest.warns(UserWarning,
+                      match=r"train: truncated 1 over-long line\(s\).*f.tsv, line 3 \(source, 5 -> 4 tokens\)"):
         guard.report("train")
 
 
@@ -166,7 +184,8 @@ def test_every_pair_kind_has_one_correct_canonical_target():
                 assert re.fullmatch(r"\d{1,3}(,\d{3})*", target)
             elif kind == "digits2words":
                 n = int(re.sub(r"[ ,]", "", source))
-                assert target == number_to_words(n) and f"{n:,}".replace(",", "") == source.replace(",", "").replace(" ", "")
+                assert (target == number_to_words(n)
+                        and f"{n:,}".replace(",", "") == source.replace(",", "").replace(" ", ""))
             elif kind == "date2iso":
                 d = datetime.date.fromisoformat(target)  # a real calendar date, and the source names it
                 assert any(y in source for y in [str(d.year)] + [year_to_words(d.year, v) for v in range(3)])

@@ -301,7 +301,8 @@ def test_reset_head_keeps_a_fresh_classifier_even_when_the_checkpoint_head_fits(
     from vitkit.weights import load_pretrained
 
     report = load_pretrained(fresh, tmp_path / "src.pth", strict=True, reset_head=True)
-    assert report.dropped == {"head.weight": "reset_head=True", "head.bias": "reset_head=True"} and report.head_reinitialised
+    assert (report.dropped == {"head.weight": "reset_head=True", "head.bias": "reset_head=True"}
+            and report.head_reinitialised)
 
 
 def test_checkpoint_head_that_does_not_fit_without_num_classes_is_a_clear_error(tmp_path):
@@ -311,9 +312,10 @@ def test_checkpoint_head_that_does_not_fit_without_num_classes_is_a_clear_error(
     source = vitkit.create_model("vit_tiny_patch4_32", num_classes=10, img_size=16, depth=1, embed_dim=32, num_heads=2)
     torch.save(source.state_dict(), tmp_path / "ten.pth")
     with pytest.raises(CheckpointError, match=r"10 classes.*1000 classes.*num_classes=10"):
-        vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "ten.pth", img_size=16, depth=1, embed_dim=32, num_heads=2)
-    model = vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "ten.pth", num_classes=3, img_size=16, depth=1,
-                                embed_dim=32, num_heads=2)
+        vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "ten.pth", img_size=16, depth=1, embed_dim=32,
+                            num_heads=2)
+    model = vitkit.create_model("vit_tiny_patch4_32", pretrained=tmp_path / "ten.pth", num_classes=3, img_size=16,
+                                depth=1, embed_dim=32, num_heads=2)
     assert model.head.weight.shape == (3, 32)
 
 
