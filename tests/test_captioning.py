@@ -158,7 +158,7 @@ def test_captioning_batches(shapes):
     train = next(iter(dm.train_dataloader()))
     assert train["images"].shape == (8, 3, 32, 32) and train["tgt"].shape[0] == 8
     assert bool((train["tgt"][:, 0] == dm.tokenizer.bos_id).all())
-    assert len(dm._dataset("train")) == 24 * 3  # one item per reference caption
+    assert len(dm.get_dataset("train")) == 24 * 3  # one item per reference caption
     val = next(iter(dm.val_dataloader()))
     assert len(val["refs"]) == 8 and all(len(r) == 3 for r in val["refs"])
     assert dm.tokenizer.decode(val["tgt"][0].tolist()) == val["refs"][0][0]

@@ -151,7 +151,7 @@ def test_data_module_splits_files_and_encodes_with_bos_and_eos(tmp_path):
     rows = [f"{number_to_words(n)}\t{n:,}" for n in range(1, 41)]
     (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
     dm = Seq2SeqDataModule(train_file=str(tmp_path / "train.tsv"), vocab_size=300, max_len=24, val_fraction=0.1)
-    train, val = dm._dataset("train"), dm._dataset("val")
+    train, val = dm.get_dataset("train"), dm.get_dataset("val")
     assert (len(train), len(val)) == (36, 4)
     assert not {p.source for p in train.pairs} & {p.source for p in val.pairs}
     item = train[0]

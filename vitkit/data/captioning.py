@@ -21,12 +21,12 @@ from typing import Literal
 
 import albumentations as A
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_json
 from .images import list_images, load_rgb
-from .loading import SplitDataModule, make_loader
+from .base import VitkitDataModule
 from .shapes import DEFAULT_ROOT as SHAPES_ROOT
 from .shapes import ShapesConfig, generate_shapes
 from .text import LengthGuard, LongLines, TextTokenizer, adopt_tokenizer, pad_batch
@@ -165,7 +165,7 @@ class ImageTextCollate:
 
 
 # ------------------------------------------------------------------------------------------ shared set-up
-class _ImageTextData(SplitDataModule):
+class _ImageTextData(VitkitDataModule):
     """What the captioning and VQA data modules share: split sources (the shapes scenes or given files), the
     tokenizer (trained, loaded, or restored from a checkpoint), image transforms and loaders."""
 
@@ -187,7 +187,6 @@ class _ImageTextData(SplitDataModule):
         self._tokenizer: TextTokenizer | None = None
         self._file_tokenizer: TextTokenizer | None = None
         self._items: dict[str, list] = {}
-        self._datasets: dict[str, Dataset] = {}
 
     def __str__(self) -> str:  # Lightning's default builds every dataloader (see Seq2SeqDataModule.__str__)
         return f"{type(self).__name__}({self.hparams.train_json or self.hparams.root})"
@@ -239,21 +238,18 @@ class _ImageTextData(SplitDataModule):
     def load_state_dict(self, state: dict) -> None:
         if "tokenizer" in state:
             self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
-            self._datasets.clear()
+            self.forget_datasets()
 
     def _split_items(self, split: Split) -> list:
         if split not in self._items:
             self._items[split] = self._read(split)
         return self._items[split]
 
-    def _dataset(self, split: str) -> Dataset:
-        if split not in self._datasets:
-            self._datasets[split] = self._build(split)
-        return self._datasets[split]
+    def setup(self, stage: str | None = None) -> None:
+        pass  # splits are built when a loader asks: a checkpoint's tokenizer may replace the trained one first
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return make_loader(self._dataset(split), self.hparams.batch_size, shuffle=shuffle,
-                           num_workers=self.hparams.num_workers, collate_fn=ImageTextCollate(self.tokenizer.pad_id))
+    def collate_fn(self, split: str) -> ImageTextCollate:
+        return ImageTextCollate(self.tokenizer.pad_id)
 
 
 _COMMON_ARGS_DOC = """
@@ -331,7 +327,7 @@ class CaptioningDataModule(_ImageTextData):
         tok = self.tokenizer
         return [tok.bos_id, *self.guard(tok.encode(caption), self.hparams.max_len - 2, where, "caption"), tok.eos_id]
 
-    def _build(self, split: str) -> Dataset:
+    def build_dataset(self, split: str) -> Dataset:
         if split == "predict":
             if self.hparams.predict_dir is None:
                 items = self._split_items("test")
@@ -422,7 +418,7 @@ class VQADataModule(_ImageTextData):
         return {"question": ids, "label": index.get(label, -1), "question_text": q.question, "answers": list(q.answers),
                 "path": q.path}
 
-    def _build(self, split: str) -> Dataset:
+    def build_dataset(self, split: str) -> Dataset:
         index = {a: i for i, a in enumerate(self.class_names)}
         if split == "predict":
             questions = self._predict_questions() if self.hparams.predict_file else self._split_items("test")

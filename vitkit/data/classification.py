@@ -18,13 +18,14 @@ from PIL import Image
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 
 from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
-from .loading import STAGE_SPLITS, SplitDataModule, make_loader
+from .base import VitkitDataModule
+from .loading import STAGE_SPLITS
 from .transforms import (
     DEFAULT_TRANSFORMS, AutoAugment, FolderPipeline, auto_augment_step, build_transforms, choose_folder_pipeline,
 )
@@ -35,7 +36,6 @@ DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
 CacheMode = Literal["auto", "ram", "none"]
 _CACHE_MODES = get_args(CacheMode)
 Split = Literal["train", "val", "test", "predict"]
-_SPLITS = get_args(Split)
 Sample = tuple[str, int]  # (image path, class index)
 
 
@@ -134,7 +134,7 @@ class FileDataset(Dataset):
         self.images = np.stack(images) if same else images
 
 
-class ClassificationDataModule(SplitDataModule):
+class ClassificationDataModule(VitkitDataModule):
     """Image classification data with seeded splits, albumentations pipelines and readable errors.
 
     Batches of the train/val/test loaders are `(images, labels)`: float32 (B, 3, img_size, img_size)
@@ -223,7 +223,6 @@ class ClassificationDataModule(SplitDataModule):
         if eval_transforms is not None or dataset != "imagefolder":
             self._eval_transform = self._build_transform(train=False)
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of unreadable files dropped by skip_corrupt
-        self._datasets: dict[str, Dataset] = {}
         self._folders: dict[str, list[Sample]] = {}
 
     @property
@@ -302,10 +301,16 @@ class ClassificationDataModule(SplitDataModule):
         return check_classification(self, splits, limit, workers)
 
     def setup(self, stage: str | None = None) -> None:
-        splits = STAGE_SPLITS[stage]
-        self._prepare(splits)
+        n_skipped = len(self.skipped)
+        self._in_setup = True  # the unreadable files of all the stage's splits are reported once, after them
+        try:
+            super().setup(stage)
+        finally:
+            self._in_setup = False
+        if len(self.skipped) > n_skipped:
+            _report_skipped(self.skipped[n_skipped:])
         if self.hparams.dataset == "imagefolder":
-            self._cache(splits)
+            self._cache(STAGE_SPLITS[stage])
 
     def _cache(self, splits: Sequence[str]) -> None:
         """Decode the folder splits of this stage into memory when data.cache says so (see `cache`)."""
@@ -325,24 +330,18 @@ class ClassificationDataModule(SplitDataModule):
         _log_once(f"data.cache {h.cache}: {n} images of {', '.join(splits)} decoded into memory (~{need:.1f} MiB) in "
                   f"{time.perf_counter() - start:.1f} s")
 
-    def get_dataset(self, split: Split) -> Dataset:
-        """The dataset of one split, built (and scanned, with skip_corrupt) on first use."""
-        if split not in _SPLITS:
-            raise ValueError(f"split {split!r} is not one of {', '.join(_SPLITS)}")
-        self._prepare((split,))
-        return self._datasets[split]
+    def collate_fn(self, split: str):
+        return _collate_named if split == "predict" else None
 
-    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        return make_loader(self.get_dataset(split), self.hparams.batch_size, shuffle=shuffle,
-                           num_workers=self.hparams.num_workers, collate_fn=_collate_named if split == "predict" else None)
+    _in_setup = False
 
-    def _prepare(self, splits: Sequence[str]) -> None:
+    def build_dataset(self, split: str) -> Dataset:
+        """The dataset of one split (scanned first with skip_corrupt; what is dropped is reported)."""
         n_skipped = len(self.skipped)
-        for split in splits:
-            if split not in self._datasets:
-                self._datasets[split] = self._build(split)
-        if len(self.skipped) > n_skipped:
+        dataset = self._build(split)
+        if len(self.skipped) > n_skipped and not self._in_setup:
             _report_skipped(self.skipped[n_skipped:])
+        return dataset
 
     def _build(self, split: str) -> Dataset:
         if split == "predict":

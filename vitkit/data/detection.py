@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_json, read_text
 from .images import list_images, load_rgb
-from .loading import STAGE_SPLITS, SplitDataModule, make_loader
+from .base import VitkitDataModule
 from .shapes import SHAPES, ShapesConfig, generate_shapes
 from .transforms import make_transform
 
@@ -336,7 +336,7 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------- data module
-class DetectionDataModule(SplitDataModule):
+class DetectionDataModule(VitkitDataModule):
     """Object detection data with COCO-style evaluation targets and readable errors.
 
     Args:
@@ -396,7 +396,6 @@ class DetectionDataModule(SplitDataModule):
         self._json: dict[str, Any] = {}
         self._categories = self._read_categories(voc_classes)
         self.box_fixes = BoxFixes()
-        self._datasets: dict[str, DetectionDataset] = {}
 
     # -- what the model needs to know --
     @property
@@ -431,36 +430,37 @@ class DetectionDataModule(SplitDataModule):
 
         return check_detection(self, splits, limit, workers)
 
-    def setup(self, stage: str | None = None) -> None:
-        self._prepare(STAGE_SPLITS[stage])
+    def drop_last(self, split: str, dataset: DetectionDataset) -> bool:
+        return split == "train" and len(dataset) > self.hparams.batch_size
 
-    def get_dataset(self, split: Split) -> DetectionDataset:
-        if split not in _SPLITS:
-            raise ValueError(f"split {split!r} is not one of {', '.join(_SPLITS)}")
-        self._prepare((split,))
-        return self._datasets[split]
-
-    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        dataset, h = self.get_dataset(split), self.hparams
-        return make_loader(dataset, h.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > h.batch_size,
-                           num_workers=h.num_workers, collate_fn=collate_detection)
+    def collate_fn(self, split: str):
+        return collate_detection
 
     # -- reading --
     def _path(self, pattern: str, split_name: str) -> str:
         return os.path.join(self.root, pattern.format(split=split_name))
 
-    def _prepare(self, splits: Sequence[str]) -> None:
-        fixes = BoxFixes()
-        for split in splits:
-            if split not in self._datasets:
-                records, found = self._read(split)
-                fixes.merge(found)
-                transform = self.train_transform if split == "train" else None
-                h = self.hparams
-                self._datasets[split] = DetectionDataset(records, h.img_size, h.mean, h.std, transform)
+    _stage_fixes: BoxFixes | None = None  # during setup(): the fixes of all its splits, reported once
+
+    def setup(self, stage: str | None = None) -> None:
+        self._stage_fixes = BoxFixes()
+        try:
+            super().setup(stage)
+        finally:
+            fixes, self._stage_fixes = self._stage_fixes, None
+            if fixes:
+                _report_fixes(fixes)
+
+    def build_dataset(self, split: str) -> DetectionDataset:
+        records, fixes = self._read(split)
         if fixes:
             self.box_fixes.merge(fixes)
-            _report_fixes(fixes)
+            if self._stage_fixes is not None:
+                self._stage_fixes.merge(fixes)
+            else:
+                _report_fixes(fixes)
+        h = self.hparams
+        return DetectionDataset(records, h.img_size, h.mean, h.std, self.train_transform if split == "train" else None)
 
     def _read(self, split: str) -> tuple[list[DetectionRecord], BoxFixes]:
         if split == "predict":

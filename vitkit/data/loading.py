@@ -1,11 +1,11 @@
-"""What every vitkit data module does the same way: the four Lightning dataloader hooks, and a `DataLoader` whose
-augmentation is seeded so that `seed_everything` reproduces a run and workers do not augment in lockstep."""
+"""Loaders of every vitkit data module: a `DataLoader` whose augmentation is seeded so that `seed_everything`
+reproduces a run and workers do not augment in lockstep, and which splits each Lightning stage reads. The data
+module base that uses them is `vitkit.data.base.VitkitDataModule`."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -16,26 +16,6 @@ from .transforms import seed_transform
 STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",), None: ("train", "val", "test"),
 }
-
-
-class SplitDataModule(pl.LightningDataModule):
-    """A data module whose `_loader(split, shuffle)` builds the loader of one split ("train", "val", "test",
-    "predict"); the training split is shuffled."""
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        raise NotImplementedError
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
@@ -59,3 +39,11 @@ def _seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
         seed_transform(transform, seed=info.seed % 2**32)
+
+
+def __getattr__(name: str):
+    if name == "SplitDataModule":  # the data-module base before it moved to `vitkit.data.base`
+        from .base import VitkitDataModule
+
+        return VitkitDataModule
+    raise AttributeError(name)

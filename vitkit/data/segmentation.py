@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import CorruptImageError, DataError, DatasetNotFoundError, require
 from .files import read_text
 from .images import list_images, load_rgb
-from .loading import STAGE_SPLITS, SplitDataModule, make_loader
+from .base import VitkitDataModule
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import ShapesConfig, generate_shapes
 from .transforms import build_transforms
@@ -235,7 +235,7 @@ def segmentation_transforms(img_size: int, train: bool, scale_range: Sequence[fl
 
 
 # ---------------------------------------------------------------------------------------------- the data module
-class SegmentationDataModule(SplitDataModule):
+class SegmentationDataModule(VitkitDataModule):
     """Semantic-segmentation data with joint image+mask augmentation and readable errors.
 
     Train batches are dicts: ``image`` float32 (B, 3, img_size, img_size) normalised with `mean`/`std`,
@@ -304,7 +304,6 @@ class SegmentationDataModule(SplitDataModule):
         default = segmentation_transforms(img_size, True, scale_range, ignore_index)
         self.train_transform = build_transforms(train_transforms, default, "data.train_transforms", mean, std)
         self.eval_transform = build_transforms(eval_transforms, [], "data.eval_transforms", mean, std)
-        self._datasets: dict[str, Dataset] = {}
 
     # -- what the task needs to know (linked by the CLI) --
     @property
@@ -351,26 +350,18 @@ class SegmentationDataModule(SplitDataModule):
 
         return check_segmentation(self, splits, limit, workers)
 
-    def setup(self, stage: str | None = None) -> None:
-        for split in STAGE_SPLITS[stage]:
-            self.get_dataset(split)
+    def batch_size_for(self, split: str) -> int:
+        h = self.hparams
+        return h.batch_size if split == "train" else (h.eval_batch_size or h.batch_size)
 
-    def get_dataset(self, split: Split) -> Dataset:
-        """The dataset of one split, built on first use."""
-        if split not in get_args(Split):
-            raise ValueError(f"split {split!r} is not one of {', '.join(get_args(Split))}")
-        if split not in self._datasets:
-            self._datasets[split] = self._build(split)
-        return self._datasets[split]
+    def drop_last(self, split: str, dataset: Dataset) -> bool:
+        return split == "train" and len(dataset) > self.hparams.batch_size
 
-    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
-        dataset, h = self.get_dataset(split), self.hparams
-        return make_loader(dataset, h.batch_size if split == "train" else (h.eval_batch_size or h.batch_size),
-                           shuffle=shuffle, drop_last=split == "train" and len(dataset) > h.batch_size,
-                           num_workers=h.num_workers, collate_fn=collate_segmentation)
+    def collate_fn(self, split: str):
+        return collate_segmentation
 
     # -- building the splits --
-    def _build(self, split: str) -> Dataset:
+    def build_dataset(self, split: str) -> Dataset:
         h = self.hparams
         if split == "predict":
             paths = list_images(h.predict_dir) if h.predict_dir else [p for p, _ in self._samples("test")]

@@ -23,11 +23,11 @@ from typing import Literal
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError, require
 from .files import read_text
-from .loading import SplitDataModule, make_loader
+from .base import VitkitDataModule
 from .numbers import DEFAULT_ROOT as NUMBERS_ROOT
 from .numbers import NumbersConfig, generate_numbers
 
@@ -289,7 +289,7 @@ class TextCollate:
 Stage = Literal["fit", "validate", "test", "predict"]
 
 
-class Seq2SeqDataModule(SplitDataModule):
+class Seq2SeqDataModule(VitkitDataModule):
     """Parallel text for `vitkit.tasks.Seq2Seq`: TSV or JSONL files, or the embedded numbers/dates task.
 
     Batches are dicts: `src` (B, S) and `tgt` (B, T) int64 padded with the tokenizer's pad id (`tgt` is
@@ -350,7 +350,6 @@ class Seq2SeqDataModule(SplitDataModule):
         self._tokenizer: TextTokenizer | None = None
         self._file_tokenizer: TextTokenizer | None = None
         self._pairs: dict[str, list[TextPair]] = {}
-        self._datasets: dict[str, Dataset] = {}
 
     def __str__(self) -> str:
         # Lightning's default builds every dataloader to describe them (jsonargparse prints it when a link
@@ -386,7 +385,7 @@ class Seq2SeqDataModule(SplitDataModule):
     def load_state_dict(self, state: dict) -> None:
         if "tokenizer" in state:
             self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
-            self._datasets.clear()  # re-encode with the checkpoint's tokenizer
+            self.forget_datasets()  # re-encode with the checkpoint's tokenizer
 
     # -- data --
     def prepare_data(self) -> None:
@@ -434,10 +433,8 @@ class Seq2SeqDataModule(SplitDataModule):
         keep = order[n_val:] if split == "train" else order[:n_val]
         return [train[i] for i in sorted(keep)]
 
-    def _dataset(self, split: str) -> Dataset:
-        if split not in self._datasets:
-            self._datasets[split] = self._encode_lines() if split == "predict" else self._encode_pairs(split)
-        return self._datasets[split]
+    def build_dataset(self, split: str) -> Dataset:
+        return self._encode_lines() if split == "predict" else self._encode_pairs(split)
 
     def _encode_pairs(self, split: str) -> PairDataset:
         tok, pairs, limit = self.tokenizer, self._split_pairs(split), self.hparams.max_len
@@ -461,9 +458,8 @@ class Seq2SeqDataModule(SplitDataModule):
         self.guard.report("predict")
         return LineDataset(src, lines)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return make_loader(self._dataset(split), self.hparams.batch_size, shuffle=shuffle,
-                           num_workers=self.hparams.num_workers, collate_fn=TextCollate(self.tokenizer.pad_id))
+    def collate_fn(self, split: str) -> TextCollate:
+        return TextCollate(self.tokenizer.pad_id)
 
 
 # -- what the model needs to know, computed from the data config (the CLI links these at parse time) --
