@@ -72,7 +72,8 @@ def curve_panels(columns: list[str]) -> dict[str, list[str]]:
 
 
 def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path | None:
-    """One panel per metric group against the optimiser step; None (and nothing written) when there is nothing to plot."""
+    """One panel per metric group against the optimiser step; None (and nothing written) when there is nothing
+    to plot."""
     series = read_metrics(metrics_csv)
     panels = curve_panels(list(series))
     if not panels:
@@ -130,10 +131,20 @@ class TrainingCurves(Callback):
 # --------------------------------------------------------------------------- test gallery
 def classification_items(outputs, batch, class_names: list[str] | None) -> list[GalleryItem] | None:
     """Score each test image by the probability of its true class; None if this is not a classification batch."""
-    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or not isinstance(batch, (list, tuple)) or len(batch) != 2:
+    if (
+        not isinstance(outputs, torch.Tensor)
+        or outputs.ndim != 2
+        or not isinstance(batch, (list, tuple))
+        or len(batch) != 2
+    ):
         return None
     x, y = batch
-    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.dtype not in (torch.int64, torch.int32) or len(y) != len(outputs):
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.ndim != 1
+        or y.dtype not in (torch.int64, torch.int32)
+        or len(y) != len(outputs)
+    ):
         return None
     probs = outputs.detach().float().softmax(dim=-1)
     pred = probs.argmax(dim=-1)
@@ -228,7 +239,8 @@ def save_gallery(best: list, worst: list, path: Path, mean=None, std=None, title
             ax = axes[r, c]
             ax.imshow(to_display(image, mean, std), interpolation="nearest")
             ax.set_title(f"{caption}\nscore {score:.2f}", fontsize=7, color=colour)
-        axes[r, 0].text(-0.15, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=10)
+        axes[r, 0].text(-0.15, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

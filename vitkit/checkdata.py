@@ -100,7 +100,8 @@ def image_findings(split: str, infos: Sequence[ImageInfo], what: str = "image") 
     if modes:
         usual, _ = modes.most_common(1)[0]
         found += [
-            Finding(split, "warning", "mode", i.path, f"{what} mode {i.mode} (most of this split is {usual}); converted to RGB on loading")
+            Finding(split, "warning", "mode", i.path,
+                    f"{what} mode {i.mode} (most of this split is {usual}); converted to RGB on loading")
             for i in infos if i.mode and i.mode != usual
         ]
     return found
@@ -108,7 +109,8 @@ def image_findings(split: str, infos: Sequence[ImageInfo], what: str = "image") 
 
 def duplicate_findings(split: str, ids: Sequence[Any], what: str) -> list[Finding]:
     counts = Counter(ids)
-    return [Finding(split, "error", "duplicate", str(i), f"{what} listed {n} times; expected once") for i, n in counts.items() if n > 1]
+    return [Finding(split, "error", "duplicate", str(i), f"{what} listed {n} times; expected once")
+            for i, n in counts.items() if n > 1]
 
 
 def leak_findings(ids_by_split: dict[str, set]) -> list[Finding]:
@@ -117,7 +119,8 @@ def leak_findings(ids_by_split: dict[str, set]) -> list[Finding]:
     for a_i, a in enumerate(names):
         for b in names[a_i + 1:]:
             for item in sorted(ids_by_split[a] & ids_by_split[b])[:100]:
-                found.append(Finding(f"{a}+{b}", "error", "leak", str(item), f"in both {a} and {b}; expected disjoint splits"))
+                found.append(Finding(f"{a}+{b}", "error", "leak", str(item),
+                                     f"in both {a} and {b}; expected disjoint splits"))
     return found
 
 
@@ -156,11 +159,16 @@ def check_classification(dm, splits: Sequence[str], limit: int | None, workers: 
             findings += duplicate_findings(split, list(ds.names)[:limit], "sample")
             ids[split] = set(ds.names)
         bad = np.flatnonzero((labels < 0) | (labels >= dm.num_classes))
-        findings += [Finding(split, "error", "label", str(i), f"label {labels[i]}; expected 0..{dm.num_classes - 1}") for i in bad]
+        findings += [Finding(split, "error", "label", str(i), f"label {labels[i]}; expected 0..{dm.num_classes - 1}")
+                     for i in bad]
         items[split] = len(labels)
         findings += _empty(split, len(labels))
     report.findings = findings + leak_findings(ids)
-    if getattr(dm.hparams, "dataset", None) == "imagefolder" and dm.hparams.train_transforms is None and items.get("train"):
+    if (
+        getattr(dm.hparams, "dataset", None) == "imagefolder"
+        and dm.hparams.train_transforms is None
+        and items.get("train")
+    ):
         choice = dm.folder_pipeline  # what training on this folder would use, from the same statistics
         report.summary.append(f"default pipeline: {choice.name}: {choice.reason}")
     return report
@@ -194,7 +202,7 @@ def check_segmentation(dm, splits: Sequence[str], limit: int | None, workers: in
         findings += duplicate_findings(split, [image for image, _ in samples], "image")
         for index, info in enumerate(infos):
             if info.kind is None:  # the image reads: check its mask as training does (mode, size, labels)
-                findings += _catch(split, samples[index][1], lambda i=index: ds.load(i))
+                findings += _catch(split, samples[index][1], lambda i=index, ds=ds: ds.load(i))
         ids[split] = {image for image, _ in samples}
         items[split] = len(samples)
         findings += _empty(split, len(samples))
@@ -214,15 +222,18 @@ def check_detection(dm, splits: Sequence[str], limit: int | None, workers: int |
         examples = fixes.examples[before[2]:]
         if fixes.dropped > before[1]:
             findings.append(Finding(split, "error", "box-dropped", "; ".join(examples) or "-",
-                                    f"{fixes.dropped - before[1]} degenerate or out-of-image box(es), dropped on loading"))
+                                    f"{fixes.dropped - before[1]} degenerate or out-of-image box(es), "
+                                    "dropped on loading"))
         if fixes.clamped > before[0]:
             findings.append(Finding(split, "warning", "box-clamped", "; ".join(examples) or "-",
-                                    f"{fixes.clamped - before[0]} box(es) crossing the image border, clamped on loading"))
+                                    f"{fixes.clamped - before[0]} box(es) crossing the image border, "
+                                    "clamped on loading"))
         records = list(ds.records)[:limit]
         infos = inspect_images([r.path for r in records], workers)
         findings += image_findings(split, infos)
         findings += [
-            Finding(split, "error", "size-mismatch", r.path, f"image is {i.size[0]}x{i.size[1]}, its annotation says {r.width}x{r.height}")
+            Finding(split, "error", "size-mismatch", r.path,
+                    f"image is {i.size[0]}x{i.size[1]}, its annotation says {r.width}x{r.height}")
             for r, i in zip(records, infos) if i.size is not None and i.size != (r.width, r.height)
         ]
         findings += duplicate_findings(split, [r.image_id for r in records], "image id")
@@ -243,7 +254,7 @@ def check_generic(dm, splits: Sequence[str], limit: int | None, workers: int | N
             continue
         n = len(ds) if limit is None else min(limit, len(ds))
         for i in range(n):
-            findings += _catch(split, f"{split}[{i}]", lambda i=i: ds[i])
+            findings += _catch(split, f"{split}[{i}]", lambda i=i, ds=ds: ds[i])
         items[split] = n
         findings += _empty(split, n)
     return Report(items, findings)
@@ -285,7 +296,8 @@ def _empty(split: str, n: int) -> list[Finding]:
     return [Finding(split, "error", "empty-split", split, "no items; expected at least one")] if n == 0 else []
 
 
-def check_datamodule(dm, splits: Sequence[str] = SPLITS, limit: int | None = None, workers: int | None = None) -> Report:
+def check_datamodule(dm, splits: Sequence[str] = SPLITS, limit: int | None = None,
+                     workers: int | None = None) -> Report:
     """Check a data module: its own `check(splits[, limit, workers])` if it has one (vitkit's modules call the
     checkers above), else every item loaded once (`check_generic`)."""
     dm.prepare_data()
@@ -306,11 +318,13 @@ def datamodule_from_config(config: str, overrides: Sequence[str] = ()):
     from pytorch_lightning import LightningDataModule
 
     if not os.path.isfile(config):
-        raise ConfigError(f"--config {config}: file not found; expected a training config such as configs/classification/vit_tiny_digits.yaml")
+        raise ConfigError(f"--config {config}: file not found; expected a training config such as "
+                          "configs/classification/vit_tiny_digits.yaml")
     with open(config) as f:
         section = (yaml.safe_load(f) or {}).get("data")
     if not isinstance(section, dict) or "class_path" not in section:
-        raise ConfigError(f"{config}: no data section with a class_path; expected data: {{class_path: vitkit.data.X, init_args: ...}}")
+        raise ConfigError(f"{config}: no data section with a class_path; "
+                          f"expected data: {{class_path: vitkit.data.X, init_args: ...}}")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     try:
@@ -350,7 +364,8 @@ def print_report(report: Report, title: str, show: int, out=None) -> None:
     console.print(table)
     ordered = sorted(report.findings, key=lambda f: f.severity != "error")
     for f in ordered[:show]:
-        console.print(f"{f.severity.upper():7} {f.split:6} {f.kind:14} {f.where}: {f.detail}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{f.severity.upper():7} {f.split:6} {f.kind:14} {f.where}: {f.detail}", markup=False,
+                      highlight=False, soft_wrap=True)
     if len(ordered) > show:
         console.print(f"... and {len(ordered) - show} more (--show N lists more)", markup=False)
     verdict = "OK" if not report.errors else "FAILED"

@@ -1,4 +1,5 @@
-"""vitkit's command line: LightningCLI with vitkit's defaults (`python train.py fit|validate|test|predict --config ...`).
+"""vitkit's command line: LightningCLI with vitkit's defaults
+(`python train.py fit|validate|test|predict --config ...`).
 
 Defaults added here, each overridable from YAML: a Rich progress bar, CSV + TensorBoard loggers sharing
 one run folder (`runs/<config name>/version_N`), a ModelCheckpoint keeping the best and the last
@@ -29,6 +30,7 @@ from .data.text import linked_special_id, linked_vocab_size
 from .errors import VitkitError
 from .faults import CheckpointStamp, NonFiniteLoss, Preemption, ResumeState, load_checkpoint, task_name
 
+
 class VitkitTrainer(Trainer):
     """Lightning's Trainer whose `log_dir` is agreed once per stage by all processes (SharedLogDir) and then
     answered locally, so that code writing reports on rank zero only may ask for it without stalling DDP."""
@@ -58,7 +60,8 @@ class VitkitCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_name", type=str | None, default=None, help="run folder name under trainer.default_root_dir (default: the config file's name)")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="run folder name under trainer.default_root_dir (default: the config file's name)")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="after fit, test the best checkpoint")
         parser.link_arguments("data.init_args.img_size", "model.init_args.img_size")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -127,7 +130,8 @@ class VitkitCLI(LightningCLI):
             extra.append(RichProgressBar())
         if cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in have):
             monitor, mode = getattr(self.model, "monitor", None), getattr(self.model, "monitor_mode", "min")
-            # no version counter: save_last rewrites last.ckpt (also written below and on pre-emption), never last-v1.ckpt
+            # no version counter: save_last rewrites last.ckpt (also written below and on pre-emption),
+            # never last-v1.ckpt
             extra.append(ModelCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best-{epoch:03d}-{step}",
                                          enable_version_counter=False))
             # last.ckpt after every epoch too: Lightning's save_last rewrites it only when the monitor improved
@@ -146,7 +150,8 @@ class VitkitCLI(LightningCLI):
             version, csv_logger = self._resume_version[1], ResumedCSVLogger
         else:
             version, csv_logger = _next_version(root / name), CSVLogger
-        return [csv_logger(root, name=name, version=version), TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)]
+        return [csv_logger(root, name=name, version=version),
+                TensorBoardLogger(root, name=name, version=version, default_hp_metric=False)]
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):

@@ -66,13 +66,15 @@ class Preemption(Callback):
     def __init__(self) -> None:
         self.saved_step: int | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if _any_rank(trainer, trainer.received_sigterm):
             self._save(trainer, f"after batch {batch_idx} of epoch {trainer.current_epoch}")
             raise SIGTERMException  # Lightning's clean exit: loggers finalised, status 0
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """A SIGTERM that Lightning acted on outside a training batch (during validation): save there, on one process."""
+        """A SIGTERM that Lightning acted on outside a training batch (during validation): save there, on one
+        process."""
         if (
             isinstance(exception, SIGTERMException)
             and self.saved_step != trainer.global_step
@@ -223,8 +225,10 @@ class _ResumableSampler:
 def _resumable_class(cls: type) -> type:
     """`cls` with the methods of _ResumableSampler and no new instance layout, so that an existing sampler
     can be switched to it (`sampler.__class__ = ...`) in place, inside the loader Lightning already holds."""
-    methods = {k: v for k, v in vars(_ResumableSampler).items() if k.startswith("vitkit_") or k in ("set_epoch", "__iter__")}
-    return type(f"Resumable{cls.__name__}", (cls,), {**methods, "__module__": __name__, "__slots__": (), "vitkit_resumable": True})
+    methods = {k: v for k, v in vars(_ResumableSampler).items()
+               if k.startswith("vitkit_") or k in ("set_epoch", "__iter__")}
+    return type(f"Resumable{cls.__name__}", (cls,),
+                {**methods, "__module__": __name__, "__slots__": (), "vitkit_resumable": True})
 
 
 def _flatten_loaders(loaders: Any) -> list:
@@ -250,7 +254,8 @@ def _augment_rng(loader: Any):
     if not isinstance(loader, DataLoader) or loader.num_workers > 0:
         return None
     transform = getattr(loader.dataset, "transform", None)
-    return transform if all(hasattr(transform, a) for a in ("random_generator", "py_random", "set_random_state")) else None
+    return (transform if all(hasattr(transform, a) for a in ("random_generator", "py_random", "set_random_state"))
+            else None)
 
 
 def _rng_nodes(transform) -> Iterator[Any]:
@@ -290,7 +295,8 @@ def _set_augment_state(transform, state: dict[str, Any]) -> bool:
     for version, internal, gauss_next in state["python"]:
         pys.append(random.Random())
         pys[-1].setstate((version, tuple(internal), gauss_next))
-    for node, where in zip(nodes, state["nodes"]):  # parents first: a compose passes its state down, children then reset theirs
+    # parents first: a compose passes its state down, children then reset theirs
+    for node, where in zip(nodes, state["nodes"]):
         if where is not None:
             node.set_random_state(gens[where[0]], pys[where[1]])
     return True
@@ -332,7 +338,8 @@ class ResumeState(Callback):
         loaders = self._loaders()
         changed = [self._position(dl, trainer.current_epoch) for dl in loaders]
         if any(changed) and all(_sampler_of(dl) is not None for dl in loaders):
-            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+            warnings.filterwarnings("ignore",
+                                    message=r"You're resuming from a checkpoint that ended before the epoch ended")
         state, self._to_restore = self._to_restore, None
         if state is None:  # a fresh run: loaders with workers dispatched indices before the sampler was replaced
             if any(c and dl.num_workers > 0 for c, dl in zip(changed, loaders)):
@@ -351,8 +358,13 @@ class ResumeState(Callback):
             restore_rng(state["rng"])
             self._restart_iterator(trainer)
         for dl, saved in zip(loaders, state.get("augment", [])):
-            if saved is not None and (transform := _augment_rng(dl)) is not None and not _set_augment_state(transform, saved):
-                _say("resume: the training augmentation pipeline differs from the checkpoint's; its random state starts afresh")
+            if (
+                saved is not None
+                and (transform := _augment_rng(dl)) is not None
+                and not _set_augment_state(transform, saved)
+            ):
+                _say("resume: the training augmentation pipeline differs from the checkpoint's; "
+                     "its random state starts afresh")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for dl in self._loaders():  # loaders reloaded by `reload_dataloaders_every_n_epochs`
@@ -428,11 +440,13 @@ class CheckpointStamp(Callback):
     """Write `checkpoint["vitkit"] = {version, format, task}` so that loading can refuse a checkpoint of
     another task or of an incompatible vitkit with a clear message (see `load_checkpoint`)."""
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         checkpoint["vitkit"] = checkpoint_stamp(pl_module)
 
 
-def load_checkpoint(path: str | os.PathLike, task: str | type | None = None, weights_only: bool = True) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, task: str | type | None = None,
+                    weights_only: bool = True) -> dict[str, Any]:
     """Read a vitkit/Lightning checkpoint on CPU, weights-only by default (the file cannot run code), and check it.
 
     Args:
@@ -452,7 +466,8 @@ def load_checkpoint(path: str | os.PathLike, task: str | type | None = None, wei
         ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
-            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)}); the file may be corrupt") from err
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)}); "
+                                  "the file may be corrupt") from err
         names = re.findall(r"GLOBAL ([\w.]+)", str(err))
         found = f"it holds the Python global {names[0]}" if names else _first_line(err)
         raise CheckpointError(

@@ -1,14 +1,19 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
+from .captioning import CaptioningDataModule, VQADataModule, read_captions, read_vqa
 from .classification import (
-    ArrayDataset, ClassificationDataModule, FileDataset, folder_classes, folder_samples, write_image_folder,
+    ArrayDataset,
+    ClassificationDataModule,
+    FileDataset,
+    folder_classes,
+    folder_samples,
+    write_image_folder,
 )
 from .detection import DetectionDataModule
 from .images import ImageStats, image_stats, list_images, load_rgb, scan_images
+from .numbers import NumbersConfig, generate_numbers
 from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
 from .shapes import ShapesConfig, generate_shapes, render_scene
-from .numbers import NumbersConfig, generate_numbers
 from .text import Seq2SeqDataModule, TextTokenizer, read_pairs
-from .captioning import CaptioningDataModule, VQADataModule, read_captions, read_vqa
 from .transforms import (
     DEFAULT_TRANSFORMS,
     FolderPipeline,

@@ -58,8 +58,9 @@ class VitkitDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = self.get_dataset(split)
-        return make_loader(dataset, self.batch_size_for(split), shuffle=shuffle, drop_last=self.drop_last(split, dataset),
-                           num_workers=self.hparams.num_workers, collate_fn=self.collate_fn(split))
+        return make_loader(dataset, self.batch_size_for(split), shuffle=shuffle,
+                           drop_last=self.drop_last(split, dataset), num_workers=self.hparams.num_workers,
+                           collate_fn=self.collate_fn(split))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

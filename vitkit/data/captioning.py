@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
+from .base import VitkitDataModule
 from .files import read_json
 from .images import list_images, load_rgb
-from .base import VitkitDataModule
 from .shapes import DEFAULT_ROOT as SHAPES_ROOT
 from .shapes import ShapesConfig, generate_shapes
 from .text import LengthGuard, LongLines, TextTokenizer, adopt_tokenizer, pad_batch

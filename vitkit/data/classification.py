@@ -22,12 +22,16 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
-
-from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
 from .base import VitkitDataModule
+from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
 from .loading import STAGE_SPLITS
 from .transforms import (
-    DEFAULT_TRANSFORMS, AutoAugment, FolderPipeline, auto_augment_step, build_transforms, choose_folder_pipeline,
+    DEFAULT_TRANSFORMS,
+    AutoAugment,
+    FolderPipeline,
+    auto_augment_step,
+    build_transforms,
+    choose_folder_pipeline,
 )
 
 log = logging.getLogger("vitkit")
@@ -215,7 +219,8 @@ class ClassificationDataModule(VitkitDataModule):
         self._label_map = _subset_label_map(classes, all_names, dataset)  # original label -> new label, -1: dropped
         self._class_names = all_names if classes is None else [all_names[i] for i in classes]
         self._all_class_names = all_names
-        self._auto_augment = auto_augment_step(auto_augment, randaugment_magnitude, randaugment_ops, "data.auto_augment")
+        self._auto_augment = auto_augment_step(auto_augment, randaugment_magnitude, randaugment_ops,
+                                               "data.auto_augment")
         # An explicit pipeline is built (and checked) now; a folder's default waits for its images to be seen.
         self._train_transform = self._eval_transform = None
         if train_transforms is not None or dataset != "imagefolder":
@@ -239,7 +244,8 @@ class ClassificationDataModule(VitkitDataModule):
 
     def _build_transform(self, train: bool) -> A.Compose:
         h = self.hparams
-        spec, field = (h.train_transforms, "data.train_transforms") if train else (h.eval_transforms, "data.eval_transforms")
+        spec, field = ((h.train_transforms, "data.train_transforms") if train
+                       else (h.eval_transforms, "data.eval_transforms"))
         if spec is not None:
             default = []
         elif h.dataset == "imagefolder":
@@ -578,7 +584,9 @@ def _report_skipped(skipped: list[tuple[str, str]], shown: int = 5) -> None:
     rank_zero_warn(message)
 
 
-def write_image_folder(dm: ClassificationDataModule, root: str, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, int]:
+def write_image_folder(
+    dm: ClassificationDataModule, root: str, splits: Sequence[str] = ("train", "val", "test")
+) -> dict[str, int]:
     """Write the splits of an in-memory dataset (digits, MNIST, CIFAR ...) as PNG class folders,
     `<root>/<split>/<class>/<index>.png`, the layout `dataset: imagefolder` reads: to train a dataset through
     the user-data path, on the very split the in-memory run uses. Class folders sort in label order (names

@@ -24,9 +24,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
+from .base import VitkitDataModule
 from .files import read_json, read_text
 from .images import list_images, load_rgb
-from .base import VitkitDataModule
 from .shapes import SHAPES, ShapesConfig, generate_shapes
 from .transforms import make_transform
 
@@ -40,9 +40,12 @@ VOC_CLASSES = (
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 _DEFAULTS = {  # dataset -> (root, split names, annotation file pattern, image folder pattern)
-    "shapes": ("datasets/shapes", {"train": "train", "val": "val", "test": "test"}, "annotations/instances_{split}.json", "{split}/images"),
-    "coco": ("datasets/coco", {"train": "train2017", "val": "val2017", "test": "val2017"}, "annotations/instances_{split}.json", "{split}"),
-    "voc": ("datasets/VOCdevkit/VOC2012", {"train": "train", "val": "val", "test": "val"}, "ImageSets/Main/{split}.txt", "JPEGImages"),
+    "shapes": ("datasets/shapes", {"train": "train", "val": "val", "test": "test"},
+               "annotations/instances_{split}.json", "{split}/images"),
+    "coco": ("datasets/coco", {"train": "train2017", "val": "val2017", "test": "val2017"},
+             "annotations/instances_{split}.json", "{split}"),
+    "voc": ("datasets/VOCdevkit/VOC2012", {"train": "train", "val": "val", "test": "val"},
+            "ImageSets/Main/{split}.txt", "JPEGImages"),
 }
 
 
@@ -124,7 +127,9 @@ def coco_categories(data: Any, path: str) -> list[tuple[int, str]]:
     return sorted(cats)
 
 
-def read_coco(path: str, image_dir: str, category_ids: Sequence[int], data: Any = None) -> tuple[list[DetectionRecord], BoxFixes]:
+def read_coco(
+    path: str, image_dir: str, category_ids: Sequence[int], data: Any = None
+) -> tuple[list[DetectionRecord], BoxFixes]:
     """Records of a COCO instances file, every image kept (those without annotations are negatives).
 
     Raises DataError naming the file and record for malformed JSON, a record missing a field, an annotation
@@ -134,7 +139,9 @@ def read_coco(path: str, image_dir: str, category_ids: Sequence[int], data: Any 
     data = load_json(path) if data is None else data
     for key in ("images", "annotations"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise DataError(f"{path}: no '{key}' list; expected a COCO instances file with 'images', 'annotations', 'categories'")
+            raise DataError(
+                f"{path}: no '{key}' list; expected a COCO instances file with 'images', 'annotations', 'categories'"
+            )
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     records: dict[int, DetectionRecord] = {}
     for i, im in enumerate(data["images"]):
@@ -166,7 +173,9 @@ def read_coco(path: str, image_dir: str, category_ids: Sequence[int], data: Any 
 def _image_record(im: Any, i: int, path: str, image_dir: str) -> DetectionRecord:
     need = {"id": int, "file_name": str, "width": int, "height": int}
     if not isinstance(im, dict) or any(not isinstance(im.get(k), t) for k, t in need.items()):
-        raise DataError(f"{path}: images[{i}] = {_short(im)}; expected id (int), file_name (str), width and height (int)")
+        raise DataError(
+            f"{path}: images[{i}] = {_short(im)}; expected id (int), file_name (str), width and height (int)"
+        )
     return DetectionRecord(im["id"], os.path.join(image_dir, im["file_name"]), im["width"], im["height"])
 
 
@@ -233,8 +242,11 @@ def _voc_record(root: str, name: str, index: int, label_of: dict[str, int], fixe
         tree = ET.parse(xml).getroot()
         width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
     except (ET.ParseError, TypeError, ValueError) as err:
-        raise DataError(f"{xml}: malformed VOC annotation ({err}); expected <annotation> with <size><width>/<height>") from err
-    rec = DetectionRecord(index, os.path.join(root, "JPEGImages", tree.findtext("filename") or f"{name}.jpg"), width, height)
+        raise DataError(
+            f"{xml}: malformed VOC annotation ({err}); expected <annotation> with <size><width>/<height>"
+        ) from err
+    rec = DetectionRecord(index, os.path.join(root, "JPEGImages", tree.findtext("filename") or f"{name}.jpg"),
+                          width, height)
     objs = []
     for k, obj in enumerate(tree.findall("object")):
         where = f"{xml} object {k}"
@@ -255,7 +267,9 @@ def _voc_record(root: str, name: str, index: int, label_of: dict[str, int], fixe
 
 
 # ---------------------------------------------------------------------------------------------- transforms
-def letterbox(image: np.ndarray, boxes: np.ndarray, size: int, fill: Sequence[int]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+def letterbox(
+    image: np.ndarray, boxes: np.ndarray, size: int, fill: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Resize the longest side to `size`, pad bottom/right to a square with `fill`; boxes (n, 4) xyxy follow.
     Returns the canvas (size, size, 3), the boxes, and (sx, sy): canvas pixels per original pixel."""
     h, w = image.shape[:2]
@@ -275,7 +289,9 @@ def default_train_transforms() -> list[A.BasicTransform]:
     return [A.HorizontalFlip(p=0.5), A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), p=0.5)]
 
 
-def build_box_transforms(spec: Sequence[dict] | None, min_visibility: float, field: str = "data.train_transforms") -> A.Compose:
+def build_box_transforms(
+    spec: Sequence[dict] | None, min_visibility: float, field: str = "data.train_transforms"
+) -> A.Compose:
     """Albumentations pipeline on (image, pascal_voc boxes, labels); boxes cut below `min_visibility` of their
     area are dropped. `spec` is a YAML list like `[{name: HorizontalFlip, p: 0.5}]`; None: the default."""
     if spec is None:
@@ -314,7 +330,8 @@ class DetectionDataset(Dataset):
         boxes, labels = rec.boxes[keep], rec.labels[keep]
         if self.transform is not None:
             out = self.transform(image=image, bboxes=boxes, labels=labels)
-            image, boxes, labels = out["image"], np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
+            image, boxes, labels = (out["image"], np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
+                                    np.asarray(out["labels"], np.int64))
         canvas, boxes, scale = letterbox(image, boxes, self.img_size, self.fill)
         boxes = boxes.clip(0, self.img_size)
         ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # under a pixel after augmentation
@@ -487,7 +504,8 @@ class DetectionDataModule(VitkitDataModule):
         path = next((p for p in paths if os.path.isfile(p)), None)
         if path is None:
             raise DatasetNotFoundError(
-                f"COCO-format annotations not found under '{self.root}' (data.root); expected {' or '.join(dict.fromkeys(paths))} "
+                f"COCO-format annotations not found under '{self.root}' (data.root); "
+                f"expected {' or '.join(dict.fromkeys(paths))} "
                 f"(see datasets/README.md; data.ann_file and data.splits set other names)"
             )
         self._json[path] = load_json(path)

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .transforms import seed_transform
 
-
 # Which splits each Lightning stage reads (None: every split, as `setup()` without a stage).
 STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
-    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",), None: ("train", "val", "test"),
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",),
+    None: ("train", "val", "test"),
 }
 
 

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import CorruptImageError, DataError, DatasetNotFoundError, require
+from .base import VitkitDataModule
 from .files import read_text
 from .images import list_images, load_rgb
-from .base import VitkitDataModule
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import ShapesConfig, generate_shapes
 from .transforms import build_transforms
@@ -69,7 +69,9 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
         image = Image.open(path)
         image.load()
     except Exception as err:  # PIL raises many types for undecodable files
-        raise CorruptImageError(f"{path}: cannot decode mask ({type(err).__name__}: {err}); expected a readable PNG") from err
+        raise CorruptImageError(
+            f"{path}: cannot decode mask ({type(err).__name__}: {err}); expected a readable PNG"
+        ) from err
     if image.mode not in _MASK_MODES:
         raise DataError(
             f"{path}: mask has mode {image.mode} ({len(image.getbands())} channels); expected a single-channel PNG "
@@ -78,7 +80,9 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     mask = np.array(image)  # a writable copy (torch warns about read-only arrays)
     if mask.dtype != np.uint8:
         if mask.size and (mask.min() < 0 or mask.max() > 255):
-            raise DataError(f"{path}: mask values span {int(mask.min())}..{int(mask.max())}; expected 8-bit class indices 0..255")
+            raise DataError(
+                f"{path}: mask values span {int(mask.min())}..{int(mask.max())}; expected 8-bit class indices 0..255"
+            )
         mask = mask.astype(np.uint8)
     return mask
 
@@ -204,13 +208,17 @@ def _orphan_masks(masks_dir: str, used: set[str]) -> list[str]:
 def read_class_names(path: str) -> list[str]:
     """One class name per line (index = line number, 0-based); blank lines at the end are dropped."""
     if not os.path.isfile(path):
-        raise DatasetNotFoundError(f"{path}: class list not found; expected a text file with one class name per line (line i = class index i)")
+        raise DatasetNotFoundError(
+            f"{path}: class list not found; expected a text file with one class name per line (line i = class index i)"
+        )
     text = read_text(path, "a text file with one class name per line (line i = class index i)")
     names = [line.strip() for line in text.rstrip("\n").splitlines()]
     if not names or any(not n for n in names):
         raise DataError(f"{path}: found {len(names)} line(s), some empty; expected one non-empty class name per line")
     if len(names) > 255:
-        raise DataError(f"{path}: {len(names)} classes; expected at most 255 (masks are 8-bit, 255 is the ignore value)")
+        raise DataError(
+            f"{path}: {len(names)} classes; expected at most 255 (masks are 8-bit, 255 is the ignore value)"
+        )
     return names
 
 
@@ -227,7 +235,8 @@ def segmentation_transforms(img_size: int, train: bool, scale_range: Sequence[fl
     return [
         A.SmallestMaxSize(max_size=img_size),
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
-        A.PadIfNeeded(min_height=img_size, min_width=img_size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+        A.PadIfNeeded(min_height=img_size, min_width=img_size, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                      fill_mask=ignore_index),
         A.RandomCrop(height=img_size, width=img_size),
         A.HorizontalFlip(p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
@@ -370,7 +379,8 @@ class SegmentationDataModule(VitkitDataModule):
         hint = f" (classes.txt lists {self.num_classes} classes)" if h.dataset in ("folder", "shapes") else ""
         if not self.reduce_zero_label and h.dataset in ("folder", "ade20k"):
             hint += "; ADE20K-style masks with 0 = unlabelled need data.reduce_zero_label: true"
-        return SegmentationDataset(self._samples(split), transform, self.num_classes, h.ignore_index, self.reduce_zero_label, hint)
+        return SegmentationDataset(self._samples(split), transform, self.num_classes, h.ignore_index,
+                                   self.reduce_zero_label, hint)
 
     def _samples(self, split: str) -> list[SegSample]:
         dataset = self.hparams.dataset
@@ -438,8 +448,10 @@ class SegmentationDataModule(VitkitDataModule):
             return torchvision.datasets.VOCSegmentation(root, year="2012", image_set=image_set, download=download)
         except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found or corrupted ..."
             raise DatasetNotFoundError(
-                f"Pascal VOC 2012 not found under '{root}' (data.root); expected {os.path.join(root, 'VOCdevkit', 'VOC2012')} "
-                f"with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{image_set}.txt. Set data.download: true "
+                f"Pascal VOC 2012 not found under '{root}' (data.root); "
+                f"expected {os.path.join(root, 'VOCdevkit', 'VOC2012')} "
+                f"with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{image_set}.txt. "
+                "Set data.download: true "
                 f"to fetch it (needs network) or place the files there (see datasets/README.md) [torchvision: {err}]"
             ) from err
 
@@ -453,16 +465,20 @@ class SegmentationDataModule(VitkitDataModule):
             return list(VOC_CLASSES)
         root = self.hparams.root
         if not os.path.isdir(root):
-            raise DatasetNotFoundError(f"{root} (data.root): folder not found; expected classes.txt and train/images, train/masks")
+            raise DatasetNotFoundError(
+                f"{root} (data.root): folder not found; expected classes.txt and train/images, train/masks"
+            )
         return read_class_names(os.path.join(root, "classes.txt"))
 
 
 def _check_hparams(h) -> None:
     """ConfigError for values the types do not rule out (LightningCLI checks types, direct calls do not)."""
-    require(h.dataset in get_args(SegDatasetName), "data.dataset", h.dataset, f"one of {', '.join(get_args(SegDatasetName))}")
+    require(h.dataset in get_args(SegDatasetName), "data.dataset", h.dataset,
+            f"one of {', '.join(get_args(SegDatasetName))}")
     require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
     require(h.batch_size >= 1, "data.batch_size", h.batch_size, "a positive integer")
-    require(h.eval_batch_size is None or h.eval_batch_size >= 1, "data.eval_batch_size", h.eval_batch_size, "a positive integer or null")
+    require(h.eval_batch_size is None or h.eval_batch_size >= 1, "data.eval_batch_size", h.eval_batch_size,
+            "a positive integer or null")
     require(h.num_workers >= 0, "data.num_workers", h.num_workers, "0 or more")
     require(0 < h.val_fraction < 1, "data.val_fraction", h.val_fraction, "a fraction strictly between 0 and 1")
     require(0 <= h.ignore_index <= 255, "data.ignore_index", h.ignore_index, "a mask value in 0..255 (usually 255)")

@@ -259,7 +259,8 @@ def _write_split(root: Path, split: str, cfg: ShapesConfig, rng: np.random.Gener
     info = {"description": f"vitkit procedural shapes, {split} split", "version": str(cfg.version)}
     _dump(root / "annotations" / f"instances_{split}.json",
           {"info": info, "images": images, "annotations": instances, "categories": categories})
-    _dump(root / "annotations" / f"captions_{split}.json", {"info": info, "images": images, "annotations": caption_rows})
+    _dump(root / "annotations" / f"captions_{split}.json",
+          {"info": info, "images": images, "annotations": caption_rows})
     _dump(root / "annotations" / f"vqa_{split}.json", vqa_rows)
 
 

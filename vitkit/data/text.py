@@ -26,8 +26,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from ..errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError, require
-from .files import read_text
 from .base import VitkitDataModule
+from .files import read_text
 from .numbers import DEFAULT_ROOT as NUMBERS_ROOT
 from .numbers import NumbersConfig, generate_numbers
 
@@ -155,8 +155,8 @@ class TextPair:
 
 def read_pairs(path: str | os.PathLike, source_field: str = "source", target_field: str = "target") -> list[TextPair]:
     """(source, target) pairs from a `.tsv` (source<TAB>target per line) or `.jsonl` file (one JSON object
-    per line with `source_field` and `target_field`; `.json` is read the same way). Any other extension is read as TSV. An empty line, a
-    row with another number of fields, an empty field or invalid JSON is an error naming the line."""
+    per line with `source_field` and `target_field`; `.json` is read the same way). Any other extension is read as TSV.
+    An empty line, a row with another number of fields, an empty field or invalid JSON is an error naming the line."""
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"text file {path} not found; expected a .tsv (source<TAB>target) or .jsonl file")

@@ -90,7 +90,8 @@ def load_task(path: str, device: str = "cpu") -> tuple[pl.LightningModule, dict]
     """The LightningModule saved in a checkpoint (class read from its `_class_path`), in eval mode, and the
     raw checkpoint dict."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} (--ckpt): file not found; expected a Lightning checkpoint written by `train.py fit`")
+        raise CheckpointError(f"{path} (--ckpt): file not found; "
+                              "expected a Lightning checkpoint written by `train.py fit`")
     try:  # weights-only, as the CLI reads checkpoints: opening a file cannot run code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint we can read"

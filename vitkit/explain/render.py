@@ -126,7 +126,8 @@ def save_object_maps(
         if boxes is not None:
             box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[i]
             for target in (ax, axes.flat[0]):
-                rect = Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", linewidth=1.5)
+                rect = Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white",
+                                 linewidth=1.5)
                 target.add_patch(rect)
             axes.flat[0].text(box[0], box[1], str(i + 1), color="white", fontsize=7, va="bottom")
     if title:

@@ -56,7 +56,8 @@ def parse_target(target: str | None, class_names: list[str]) -> int | None:
         return int(target)
     shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
     raise ConfigError(
-        f"--target {target!r}: not a class of this model; expected a name ({shown}) or an index 0..{len(class_names) - 1}"
+        f"--target {target!r}: not a class of this model; "
+        f"expected a name ({shown}) or an index 0..{len(class_names) - 1}"
     )
 
 
@@ -86,11 +87,13 @@ def explain_classification(task, ckpt: dict, inputs: Inputs, args, out: Path) ->
         exp = explain_classifier(net, x, args.method, target, args.head_fusion)
         probs = exp.logits.softmax(dim=-1)
         for i, (path, name) in enumerate(batch):
-            rows.append(_save_classification(exp, i, x[i], path, out / f"{name}_{args.method}", names, probs[i], mean, std))
+            rows.append(_save_classification(exp, i, x[i], path, out / f"{name}_{args.method}", names, probs[i],
+                                             mean, std))
     return rows
 
 
-def _save_classification(exp, i: int, x: torch.Tensor, path: str, stem: Path, names: list[str], probs, mean, std) -> dict:
+def _save_classification(exp, i: int, x: torch.Tensor, path: str, stem: Path, names: list[str], probs, mean,
+                         std) -> dict:
     image = denormalise(x, mean, std)
     pred, tgt = int(probs.argmax()), int(exp.target[i])
     title = f"{Path(path).name}: predicted {names[pred]} ({probs[pred]:.1%})"
@@ -102,7 +105,8 @@ def _save_classification(exp, i: int, x: torch.Tensor, path: str, stem: Path, na
     npy, layers_npy = save_maps(stem, exp.heatmap[i], exp.layers[i])
     return {
         "path": path, "method": exp.method, "predicted": names[pred], "probability": round(float(probs[pred]), 6),
-        "target": names[tgt], "overlay": overlay.name, "layers": grid.name, "map": npy.name, "layer_maps": layers_npy.name,
+        "target": names[tgt], "overlay": overlay.name, "layers": grid.name, "map": npy.name,
+        "layer_maps": layers_npy.name,
     }
 
 
@@ -152,8 +156,9 @@ def explain_detection(task, ckpt: dict, inputs: Inputs, args, out: Path) -> list
         for b, (path, name) in enumerate(batch):
             order = scores[b].argsort(descending=True)
             keep = order[scores[b][order] >= min_score][: args.max_objects]
-            rows.append(_save_detection(path, out / f"{name}_cross", canvases[b], maps[b, :, keep].cpu(), xyxy[b, keep].cpu(),
-                                        scores[b, keep].tolist(), [names[c] for c in labels[b, keep].tolist()], keep.tolist()))
+            rows.append(_save_detection(path, out / f"{name}_cross", canvases[b], maps[b, :, keep].cpu(),
+                                        xyxy[b, keep].cpu(), scores[b, keep].tolist(),
+                                        [names[c] for c in labels[b, keep].tolist()], keep.tolist()))
     return rows
 
 
@@ -202,12 +207,13 @@ def explain_segmentation(task, ckpt: dict, inputs: Inputs, args, out: Path) -> l
             regions = torch.stack([labels[b].flatten() == c for c in classes])  # (n, N_patches)
             maps = to_grid(region_read_out(rolled[b : b + 1].expand(len(classes), -1, -1), regions, prefix), grid)
             mask = logits[b].argmax(dim=0).cpu().numpy()
-            rows.append(_save_segmentation(path, out / f"{name}_rollout", denormalise(x[b], mean, std), mask, maps.cpu(),
-                                           [names[c] for c in classes], counts[classes].tolist()))
+            rows.append(_save_segmentation(path, out / f"{name}_rollout", denormalise(x[b], mean, std), mask,
+                                           maps.cpu(), [names[c] for c in classes], counts[classes].tolist()))
     return rows
 
 
-def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, maps, classes: list[str], patches: list[int]) -> dict:
+def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, maps, classes: list[str],
+                       patches: list[int]) -> dict:
     from ..tasks.seg_metrics import colorize
 
     shown = (0.5 * image + 0.5 * colorize(mask)).astype(np.uint8)
@@ -221,7 +227,9 @@ def _save_segmentation(path, stem: Path, image: np.ndarray, mask: np.ndarray, ma
 
 
 # --------------------------------------------------------------------------- captioning
-def caption_cross_attention(model, x: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def caption_cross_attention(
+    model, x: torch.Tensor, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy captions and, for each generated token, where the decoder looked when it chose it.
 
     The caption is generated as the task does (KV cache); then one teacher-forced pass of the causal decoder
@@ -268,7 +276,8 @@ def _save_caption(path, stem: Path, image: np.ndarray, maps, words: list[str], c
     # maps (L, n, gh, gw): the picture shows the last layer, the .npy files keep every layer
     captions = [f"{i + 1}: {w}" for i, w in enumerate(words)]
     title = f"{Path(path).name}: \"{caption}\" — decoder cross-attention per word (last layer)"
-    picture = save_object_maps(image, maps[-1], captions, stem.with_name(stem.name + ".png"), title, first_title="image")
+    picture = save_object_maps(image, maps[-1], captions, stem.with_name(stem.name + ".png"), title,
+                               first_title="image")
     npy, layers_npy = save_maps(stem, maps[-1], maps.transpose(0, 1))  # (n, gh, gw), (n, L, gh, gw)
     return {"path": path, "method": "cross", "caption": caption, "words": " | ".join(words),
             "picture": picture.name, "map": npy.name, "layer_maps": layers_npy.name}

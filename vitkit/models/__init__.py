@@ -1,12 +1,12 @@
 """Encoders and heads built on vitkit.nn, with a registry of named configs."""
-from . import seq2seq, vit  # noqa: F401  (register the ViT and text configs)
-from . import detr, yolos  # noqa: F401  (register the detectors, family "detection")
-from . import segmenter  # noqa: F401  (register the segmenters, family "segmentation")
+# imported to register their models: the ViT and text configs (seq2seq, vit), the detectors (detr, yolos; family
+# "detection") and the segmenters (segmenter; family "segmentation")
+from . import detr, segmenter, seq2seq, vit, yolos  # noqa: F401
+from .captioner import CaptionTransformer, VQATransformer
+from .detr import DetrViT
 from .registry import create_model, list_models, register_model
 from .seq2seq import Seq2SeqTransformer, TextDecoder, TextEncoder
-from .captioner import CaptionTransformer, VQATransformer
 from .vit import VisionTransformer
-from .detr import DetrViT
 from .yolos import YOLOS
 
 __all__ = [

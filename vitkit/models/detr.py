@@ -57,8 +57,8 @@ class DetrViT(nn.Module):
         )
         self.head = DetrHead(
             num_classes, embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,
-            dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries, query_init=query_init,
-            dn_groups=dn_groups, label_noise=label_noise, box_noise=box_noise,
+            dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries,
+            query_init=query_init, dn_groups=dn_groups, label_noise=label_noise, box_noise=box_noise,
         )
 
     @property
@@ -93,13 +93,15 @@ _DECODER = dict(decoder_dim=256, decoder_depth=6, decoder_heads=8, num_queries=1
 @register_model(family="detection")
 def detr_vit_small_patch16(**kw) -> DetrViT:
     """ViT-S/16 encoder at 512 px, 6-layer 256-wide decoder, 100 queries (COCO)."""
-    return _detr(dict(img_size=512, patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1), _DECODER, **kw)
+    return _detr(dict(img_size=512, patch_size=16, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
+                 _DECODER, **kw)
 
 
 @register_model(family="detection")
 def detr_vit_tiny_patch16(**kw) -> DetrViT:
     """ViT-Ti/16 encoder at 512 px, 6-layer 256-wide decoder, 100 queries."""
-    return _detr(dict(img_size=512, patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1), _DECODER, **kw)
+    return _detr(dict(img_size=512, patch_size=16, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
+                 _DECODER, **kw)
 
 
 @register_model(family="detection")

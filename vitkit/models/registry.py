@@ -31,12 +31,14 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, family: str = 
 
 
 def list_models(pattern: str = "*", family: str | None = "vision") -> list[str]:
-    """Registered model names of a `family` ("vision", "text", "detection", "segmentation"; None: all) matching a shell-style `pattern`, sorted."""
+    """Registered model names of a `family` ("vision", "text", "detection", "segmentation"; None: all) matching
+    a shell-style `pattern`, sorted."""
     names = [n for n in _MODELS if family is None or _FAMILY[n] == family]
     return sorted(fnmatch.filter(names, pattern))
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False,
+                 **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
     `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`, or by
     the model's own `load_pretrained` where it has one (detectors), or by its builder (segmenters: the encoder's file)
@@ -53,7 +55,8 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
     if pretrained is None:
         return model
     if hasattr(model, "load_pretrained"):
-        _no_reset_head(name, reset_head)  # a model that knows its checkpoints (detectors: transformers YOLOS, a ViT encoder)
+        # a model that knows its checkpoints (detectors: transformers YOLOS, a ViT encoder)
+        _no_reset_head(name, reset_head)
         log.info("%s", model.load_pretrained(pretrained))
         return model
     from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
@@ -65,4 +68,5 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
 def _no_reset_head(name: str, reset_head: bool) -> None:
     if reset_head:
         raise ValueError(f"reset_head=True applies to classifiers loaded by vitkit.weights; {name!r} loads its own "
-                         f"checkpoints (its load_pretrained or builder says which heads it keeps); leave reset_head out")
+                         f"checkpoints (its load_pretrained or builder says which heads it keeps); "
+                         "leave reset_head out")

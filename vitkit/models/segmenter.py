@@ -39,7 +39,8 @@ class Segmenter(nn.Module):
         super().__init__()
         for attr in ("forward_features", "num_prefix_tokens", "patch_embed"):
             if not hasattr(encoder, attr):
-                raise ValueError(f"Segmenter: encoder {type(encoder).__name__} has no `{attr}`; expected a ViT (vitkit or timm)")
+                raise ValueError(f"Segmenter: encoder {type(encoder).__name__} has no `{attr}`; "
+                                 "expected a ViT (vitkit or timm)")
         self.encoder = encoder
         self.head = head
         self.num_classes = head.num_classes
@@ -93,7 +94,8 @@ def _prefixed_matcher(matcher: Any, prefix: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- building
-def build_encoder(name: str, img_size: int | tuple[int, int], pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+def build_encoder(name: str, img_size: int | tuple[int, int], pretrained: str | os.PathLike | None = None,
+                  **kwargs) -> nn.Module:
     """A ViT without classifier: a registered vitkit name, "vit" (vitkit's `VisionTransformer` built from
     `kwargs` alone), or "timm:<name>" for a timm ViT.
 

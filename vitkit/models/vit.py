@@ -75,7 +75,8 @@ class VisionTransformer(nn.Module):
         self.patch_drop_rate = patch_drop_rate
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values, dpr[i], attn_drop_rate, proj_drop_rate)
+            EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values, dpr[i], attn_drop_rate,
+                         proj_drop_rate)
             for i in range(depth)
         )
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
@@ -110,7 +111,8 @@ class VisionTransformer(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for layer-wise learning-rate decay (timm's optim factory reads this)."""
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed|^reg_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed|^reg_token",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

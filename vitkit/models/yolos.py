@@ -141,7 +141,8 @@ _RENAMES = [
 
 
 def convert_hf_yolos(
-    sd: dict[str, torch.Tensor], model: YOLOS, hf_grid: tuple[int, int] | None = None, class_map: list[int] | None = None
+    sd: dict[str, torch.Tensor], model: YOLOS, hf_grid: tuple[int, int] | None = None,
+    class_map: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A transformers `YolosForObjectDetection` state dict -> `model`'s names and shapes.
 
@@ -167,9 +168,11 @@ def convert_hf_yolos(
     out["encoder.pos_embed"] = _resample(pe[:, : pe.shape[1] - n_det], grid, model)
     out["det_pos_embed"] = pe[:, pe.shape[1] - n_det :]
     # (depth - 1, 1, 1 + P + det, D): the files' name, and the name of transformers 5's loaded module
-    mid = out.pop("vit.encoder.mid_position_embeddings", out.pop("vit.encoder.interpolation.mid_position_embeddings", None))
+    mid = out.pop("vit.encoder.mid_position_embeddings",
+                  out.pop("vit.encoder.interpolation.mid_position_embeddings", None))
     if mid is not None:
-        layers = [torch.cat([_resample(m[:, : m.shape[1] - n_det], grid, model), m[:, m.shape[1] - n_det :]], 1) for m in mid]
+        layers = [torch.cat([_resample(m[:, : m.shape[1] - n_det], grid, model), m[:, m.shape[1] - n_det :]], 1)
+                  for m in mid]
         out["mid_pos_embed"] = torch.stack(layers)
     _fit_classes(out, model.num_classes, class_map)
     return out
@@ -200,14 +203,16 @@ def load_hf_yolos(
             f"YOLOS checkpoint {source} {have} mid position embeddings; build the model with "
             f"mid_pos_embed={'mid_pos_embed' in sd} (yolos_small/base use them, yolos_tiny does not)"
         )
-    bad = {k: (tuple(v.shape), tuple(target[k].shape)) for k, v in sd.items() if k in target and v.shape != target[k].shape}
+    bad = {k: (tuple(v.shape), tuple(target[k].shape))
+           for k, v in sd.items() if k in target and v.shape != target[k].shape}
     if bad:
         listed = "; ".join(f"{k}: checkpoint {a}, model {b}" for k, (a, b) in list(bad.items())[:4])
         raise CheckpointError(f"YOLOS checkpoint {source}: shapes do not fit the model ({listed}); expected the same "
                               f"embed_dim/depth/num_det_tokens (see vitkit.list_models('yolos*', family='detection'))")
     missing = sorted(set(target) - set(sd))
     if missing:
-        raise CheckpointError(f"YOLOS checkpoint {source}: no weights for {len(missing)} key(s): {', '.join(missing[:6])}")
+        raise CheckpointError(f"YOLOS checkpoint {source}: no weights for {len(missing)} key(s): "
+                              f"{', '.join(missing[:6])}")
     unexpected = sorted(set(sd) - set(target))
     model.load_state_dict({k: v for k, v in sd.items() if k in target})
     log.info("loaded YOLOS checkpoint %s (%d tensors%s)", source, len(target),
@@ -224,7 +229,8 @@ def _fuse_qkv(sd: dict[str, torch.Tensor]) -> None:
 
 def _resample(pe: torch.Tensor, grid: tuple[int, int], model: YOLOS) -> torch.Tensor:
     """(1, 1 + P, D) at `grid` -> the model's patch grid (class position kept)."""
-    return resample_pos_embed(pe, model.encoder.patch_embed.grid_size, old_grid=grid, num_prefix_tokens=1, antialias=False)
+    return resample_pos_embed(pe, model.encoder.patch_embed.grid_size, old_grid=grid, num_prefix_tokens=1,
+                              antialias=False)
 
 
 def _fit_classes(sd: dict[str, torch.Tensor], num_classes: int, class_map: list[int] | None) -> None:
@@ -247,7 +253,8 @@ def _weights_file(folder: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers save_pretrained folder")
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin; "
+                          "expected a transformers save_pretrained folder")
 
 
 def _hf_grid(path: Path, sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
@@ -267,7 +274,8 @@ def _guess_grid(num_patches: int) -> tuple[int, int]:
     """Without a config: the factorisation h x w (h <= w) closest to YOLOS's 800 x 1333 aspect ratio."""
     pairs = [(h, num_patches // h) for h in range(1, math.isqrt(num_patches) + 1) if num_patches % h == 0]
     h, w = min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / (800 / 1333))))
-    log.warning("YOLOS checkpoint without config.json: assuming a %dx%d patch grid for its %d positions", h, w, num_patches)
+    log.warning("YOLOS checkpoint without config.json: assuming a %dx%d patch grid for its %d positions",
+                h, w, num_patches)
     return h, w
 
 

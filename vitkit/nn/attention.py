@@ -117,7 +117,8 @@ class Attention(nn.Module):
         B, N, _ = t.shape
         return t.reshape(B, N, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
-    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None, num_queries: int | None = None):
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None,
+                 num_queries: int | None = None):
         if not self.cross and num_queries is not None:
             # queries from the first tokens only, keys/values from all: the fused qkv weight split in two
             C, w, b = x.shape[-1], self.qkv.weight, self.qkv.bias

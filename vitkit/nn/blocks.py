@@ -103,7 +103,8 @@ class EncoderBlock(nn.Module):
         """`num_queries`: compute the outputs of the first `num_queries` tokens only (all tokens still serve
         as keys/values), e.g. the class token in a ViT's last block when the head reads nothing else."""
         if num_queries is None:
-            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)))
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal,
+                                                       cache=cache)))
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         if attn_mask is not None and attn_mask.ndim >= 2 and attn_mask.shape[-2] == x.shape[1]:
             attn_mask = attn_mask[..., :num_queries, :]
@@ -134,7 +135,8 @@ class DecoderBlock(nn.Module):
         self.self_attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop)
         self.ls1 = _scale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.cross_attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop, cross=True, kv_dim=memory_dim)
+        self.cross_attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop, cross=True,
+                                    kv_dim=memory_dim)
         self.ls2 = _scale(dim, init_values)
         self.norm3 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -151,6 +153,8 @@ class DecoderBlock(nn.Module):
         cache: tuple[KVCache, KVCache] | None = None,
     ) -> torch.Tensor:
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        x = x + self.drop_path(self.ls1(self.self_attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, cache=self_cache)))
-        x = x + self.drop_path(self.ls2(self.cross_attn(self.norm2(x), memory, attn_mask=memory_mask, cache=cross_cache)))
+        x = x + self.drop_path(self.ls1(self.self_attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal,
+                                                       cache=self_cache)))
+        x = x + self.drop_path(self.ls2(self.cross_attn(self.norm2(x), memory, attn_mask=memory_mask,
+                                                        cache=cross_cache)))
         return x + self.drop_path(self.ls3(self.mlp(self.norm3(x))))

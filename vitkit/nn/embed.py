@@ -61,7 +61,9 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, h, w) -> (B, h*w, dim)
 
 
-def _conv_stem(in_chans: int, channels: list[int], patch: tuple[int, int]) -> tuple[nn.Sequential, tuple[int, int], int]:
+def _conv_stem(
+    in_chans: int, channels: list[int], patch: tuple[int, int]
+) -> tuple[nn.Sequential, tuple[int, int], int]:
     """3x3 conv-BN-ReLU layers; the last ones stride 2 while the patch allows. Returns (stem, proj kernel, width)."""
     if any(not isinstance(c, int) or c <= 0 for c in channels):
         raise ValueError(f"stem_channels={channels}; expected positive integers (output channels per 3x3 conv)")
@@ -107,12 +109,14 @@ def resample_pos_embed(
             raise ValueError(f"cannot infer the grid of a position embedding with {n} patch positions; pass old_grid")
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != n:
-        raise ValueError(f"position embedding has {n} patch positions; old_grid {old_grid} expects {old_grid[0] * old_grid[1]}")
+        raise ValueError(f"position embedding has {n} patch positions; "
+                         f"old_grid {old_grid} expects {old_grid[0] * old_grid[1]}")
     new_grid = to_2tuple(new_grid)
     if tuple(old_grid) == new_grid:
         return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, dim, h, w)
-    grid = F.interpolate(grid, size=new_grid, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"), align_corners=False)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"),
+                         align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.loss import SoftTargetCrossEntropy
 from pytorch_lightning.utilities import rank_zero_only
+from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -101,14 +101,16 @@ class ImageClassifier(WeightEMA, VitkitTask):
                                       num_classes=num_classes, **kwargs)
         self.frozen = freeze_(self.model, freeze)
         self.model.set_grad_checkpointing(grad_checkpointing)
-        self.mixer = BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0 else None
+        self.mixer = (BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0
+                      else None)
         self.soft_ce = SoftTargetCrossEntropy()
         self.init_ema(ema_decay)
         self.maybe_compile(compile, compile_backend, self.model, self.ema.module if self.ema is not None else None)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.k = min(top_k, num_classes)
         metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro"), f"acc_top{self.k}": MulticlassAccuracy(num_classes, top_k=self.k, average="micro")}
+            {"acc": MulticlassAccuracy(num_classes, average="micro"),
+             f"acc_top{self.k}": MulticlassAccuracy(num_classes, top_k=self.k, average="micro")}
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")

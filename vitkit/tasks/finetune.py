@@ -58,7 +58,8 @@ class BatchMixer:
     batch (a last partial one) is left unmixed, with the same label-smoothed one-hot targets."""
 
     def __init__(self, mixup: float, cutmix: float, prob: float, label_smoothing: float, num_classes: int) -> None:
-        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, label_smoothing=label_smoothing, num_classes=num_classes)
+        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, label_smoothing=label_smoothing,
+                         num_classes=num_classes)
         self.label_smoothing = label_smoothing
         self.num_classes = num_classes
 

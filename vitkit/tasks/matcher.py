@@ -49,12 +49,14 @@ class HungarianMatcher(nn.Module):
             matches.append((torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64)))
         return matches
 
-    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor,
+                    targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """(N, K+1) logits and (N, 4) boxes against all targets of the batch -> (N, sum n) cost."""
         labels = torch.cat([t["labels"] for t in targets])
         gt = torch.cat([t["boxes"] for t in targets]).to(boxes.dtype)
         prob = logits.float().softmax(-1)  # (N, K+1)
         cost = -self.cost_class * prob[:, labels]
         cost = cost + self.cost_bbox * torch.cdist(boxes.float(), gt.float(), p=1)
-        giou = generalized_box_iou(box_convert(boxes.float(), "cxcywh", "xyxy"), box_convert(gt.float(), "cxcywh", "xyxy"))
+        giou = generalized_box_iou(box_convert(boxes.float(), "cxcywh", "xyxy"),
+                                   box_convert(gt.float(), "cxcywh", "xyxy"))
         return cost - self.cost_giou * giou

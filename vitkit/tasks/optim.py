@@ -31,7 +31,8 @@ def build_adamw(
     return adamw(model, groups, lr, betas)
 
 
-def adamw(model: nn.Module, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+def adamw(model: nn.Module, groups: list[dict], lr: float,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
     """torch's AdamW over `groups` of `model`'s parameters, fused where it can be (see `_fused_ok`)."""
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=_fused_ok(model))
 

@@ -56,7 +56,8 @@ def save_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Pa
         for i in range(n):
             for j in range(n):
                 if m[i, j] > 0:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = m.diagonal().sum() / m.sum().clamp(min=1)

@@ -56,7 +56,8 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x[keep].mean()) if keep.any() else float("nan")
 
 
-def iou_table(scores: SegmentationScores, class_names: list[str], csv_path: Path | None = None, title: str = "Per-class test IoU") -> Table:
+def iou_table(scores: SegmentationScores, class_names: list[str], csv_path: Path | None = None,
+              title: str = "Per-class test IoU") -> Table:
     """Print a table of each class's IoU, accuracy and pixel counts, with the means underneath; save it as CSV."""
     table = Table(title=title)
     for col in ("class", "IoU", "acc", "gt pixels", "pred pixels"):
@@ -71,7 +72,8 @@ def iou_table(scores: SegmentationScores, class_names: list[str], csv_path: Path
     table.add_row("mean", _pct(scores.miou), _pct(scores.macc), str(int(scores.gt_pixels.sum())), "")
     console = Console()
     console.print(table)
-    console.print(f"mIoU {_pct(scores.miou)} · pixel accuracy {_pct(scores.pixel_acc)} · mean class accuracy {_pct(scores.macc)}")
+    console.print(f"mIoU {_pct(scores.miou)} · pixel accuracy {_pct(scores.pixel_acc)} · "
+                  f"mean class accuracy {_pct(scores.macc)}")
     if csv_path is not None:
         with open(csv_path, "w", newline="") as f:
             w = csv.writer(f)

@@ -19,7 +19,15 @@ from ..errors import ConfigError
 from ..models.segmenter import create_segmenter, sliding_window_logits
 from .base import VitkitTask
 from .optim import build_adamw, param_groups, schedule_steps, warmup_cosine_scheduler
-from .seg_metrics import colorize, confusion_metric, iou_table, overlay, save_index_png, save_panels, scores_from_confusion
+from .seg_metrics import (
+    colorize,
+    confusion_metric,
+    iou_table,
+    overlay,
+    save_index_png,
+    save_panels,
+    scores_from_confusion,
+)
 
 log = logging.getLogger("vitkit")
 
@@ -119,7 +127,8 @@ class SemanticSegmenter(VitkitTask):
 
     # -- inference at any size --
     @torch.no_grad()
-    def segment(self, x: torch.Tensor, scales: list[float] | tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:
+    def segment(self, x: torch.Tensor, scales: list[float] | tuple[float, ...] = (1.0,),
+                flip: bool = False) -> torch.Tensor:
         """Class scores (B, K, H, W) of images (B, 3, H, W) of any size: each scale of the (resized) image goes
         through sliding windows, and the logits are resized back to (H, W). One pass returns logits; several
         (scales, flip) return their mean softmax."""
@@ -198,7 +207,8 @@ class SemanticSegmenter(VitkitTask):
     def on_validation_epoch_end(self) -> None:
         scores = scores_from_confusion(self.val_confusion.compute())
         self.val_confusion.reset()
-        self.log_dict({"val/mIoU": scores.miou, "val/pixel_acc": scores.pixel_acc, "val/mAcc": scores.macc}, prog_bar=True)
+        self.log_dict({"val/mIoU": scores.miou, "val/pixel_acc": scores.pixel_acc, "val/mAcc": scores.macc},
+                      prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
@@ -238,7 +248,8 @@ class SemanticSegmenter(VitkitTask):
                 save_index_png(p, target)
                 counts = np.bincount(p.ravel(), minlength=hp.num_classes) / p.size
                 rows.append({"path": str(path), "mask": str(target),
-                             "fractions": {self.class_names[k]: round(float(v), 6) for k, v in enumerate(counts) if v > 0}})
+                             "fractions": {self.class_names[k]: round(float(v), 6)
+                                           for k, v in enumerate(counts) if v > 0}})
             self._draw(paths, pred, None, "predictions/overlays")
         self._predictions.extend(rows)
         return rows
@@ -273,7 +284,8 @@ class SemanticSegmenter(VitkitTask):
             Image.fromarray(colorize(p)).save(out / f"{name}_mask.png")
             panels = [image]
             if target is not None:
-                panels.append(overlay(image, _fit(target[i].cpu().numpy(), image.shape[:2]), ignore_index=self.hparams.ignore_index))
+                panels.append(overlay(image, _fit(target[i].cpu().numpy(), image.shape[:2]),
+                                      ignore_index=self.hparams.ignore_index))
             panels.append(overlay(image, p))
             save_panels(panels, out / f"{name}_overlay.png")
             self._drawn += 1
@@ -322,7 +334,8 @@ def _fit(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def _check_hparams(h) -> None:
     if h.class_weights is not None and len(h.class_weights) != h.num_classes:
-        raise ConfigError(f"model.class_weights has {len(h.class_weights)} values; expected num_classes={h.num_classes}")
+        raise ConfigError(f"model.class_weights has {len(h.class_weights)} values; "
+                          f"expected num_classes={h.num_classes}")
     if h.class_names is not None and len(h.class_names) != h.num_classes:
         raise ConfigError(f"model.class_names has {len(h.class_names)} names; expected num_classes={h.num_classes}")
     if not 0 <= h.ignore_index <= 255 and h.ignore_index != -100:

@@ -242,12 +242,14 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         ids = [tok.encode(t) for t in texts]
         cut = sum(len(s) > max_len for s in ids)
         if cut:
-            log.warning("translate: %d of %d inputs longer than max_len=%d tokens were truncated", cut, len(ids), max_len)
+            log.warning("translate: %d of %d inputs longer than max_len=%d tokens were truncated", cut, len(ids),
+                        max_len)
         ids = [s[:max_len] for s in ids]
         outputs = [""] * len(ids)  # an empty input gets an empty output, as in `predict`
         rows = [i for i, s in enumerate(ids) if s]
         if rows:
-            src = torch.full((len(rows), max(len(ids[i]) for i in rows)), tok.pad_id, dtype=torch.long, device=self.device)
+            src = torch.full((len(rows), max(len(ids[i]) for i in rows)), tok.pad_id, dtype=torch.long,
+                             device=self.device)
             for r, i in enumerate(rows):
                 src[r, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
             for i, row in zip(rows, self.generate_ids(src).tolist()):
@@ -533,10 +535,12 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
         if self.global_rank == 0:
-            self._write_outputs("test_captions", [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
+            self._write_outputs("test_captions",
+                                [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
 
     def _write_outputs(self, name: str, rows: list[dict]) -> None:
-        """<run>/<name>.json and, with the kept images (on rank 0), the sheet <run>/test_captions.png or captions.png."""
+        """<run>/<name>.json and, with the kept images (on rank 0), the sheet <run>/test_captions.png or
+        captions.png."""
         out = self.run_dir()
         (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
         if self._sheet and self.global_rank == 0:

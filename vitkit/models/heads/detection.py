@@ -155,7 +155,8 @@ class DetrHead(nn.Module):
         self.label_embed = nn.Embedding(num_classes + 1, dim)  # denoising queries; the last row pads
         self.pos_mlp = PredictionMLP(2 * dim, dim, dim, 2)
         self.blocks = nn.ModuleList(
-            DecoderBlock(dim, num_heads, mlp_ratio, attn_drop=drop, proj_drop=drop, memory_dim=dim) for _ in range(depth)
+            DecoderBlock(dim, num_heads, mlp_ratio, attn_drop=drop, proj_drop=drop, memory_dim=dim)
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.class_embed = nn.Linear(dim, num_classes + 1)
@@ -173,7 +174,8 @@ class DetrHead(nn.Module):
             anchors = torch.rand(self.num_queries, 4)  # centres spread over the image, sizes 0.05-0.35
             anchors[:, 2:] = anchors[:, 2:] * 0.3 + 0.05
             self.query_anchors.weight.data.copy_(inverse_sigmoid(anchors))
-        for mlp in (self.bbox_embed, getattr(self, "enc_bbox", None), getattr(self, "dense_bbox", None)):  # first predictions: the anchors themselves
+        # first predictions: the anchors themselves
+        for mlp in (self.bbox_embed, getattr(self, "enc_bbox", None), getattr(self, "dense_bbox", None)):
             if mlp is not None:
                 nn.init.zeros_(mlp.layers[-1].weight)
                 nn.init.zeros_(mlp.layers[-1].bias)
@@ -195,11 +197,13 @@ class DetrHead(nn.Module):
         dn = self.denoising_queries(targets) if self.training and targets is not None and self.dn_groups > 0 else None
         mask = None
         if dn is not None:
-            content, anchors, mask = torch.cat([dn.content, content], 1), torch.cat([dn.anchors, anchors], 1), dn.attn_mask
+            content, anchors, mask = (torch.cat([dn.content, content], 1), torch.cat([dn.anchors, anchors], 1),
+                                      dn.attn_mask)
         logits, boxes = self._decode(content, anchors, memory, mask)  # (L, B, T, K+1), (L, B, T, 4)
         n_dn = dn.length if dn is not None else 0
         out.update({"pred_logits": logits[-1, :, n_dn:], "pred_boxes": boxes[-1, :, n_dn:]})
-        out["aux_outputs"] = [{"pred_logits": lg[:, n_dn:], "pred_boxes": bx[:, n_dn:]} for lg, bx in zip(logits[:-1], boxes[:-1])]
+        out["aux_outputs"] = [{"pred_logits": lg[:, n_dn:], "pred_boxes": bx[:, n_dn:]}
+                              for lg, bx in zip(logits[:-1], boxes[:-1])]
         if dn is not None:
             out["dn"] = {"pred_logits": logits[:, :, :n_dn], "pred_boxes": boxes[:, :, :n_dn], "labels": dn.labels,
                          "boxes": dn.boxes, "valid": dn.valid, "groups": dn.groups}
@@ -253,7 +257,8 @@ class DetrHead(nn.Module):
             torch.randint_like(labels, self.num_classes), labels,
         )
         wh = boxes[..., 2:].repeat(1, 1, 2)
-        shift = (torch.rand_like(boxes) * 2 - 1) * self.box_noise * wh * torch.tensor([0.5, 0.5, 1.0, 1.0], device=device)
+        shift = ((torch.rand_like(boxes) * 2 - 1) * self.box_noise * wh
+                 * torch.tensor([0.5, 0.5, 1.0, 1.0], device=device))
         noisy = (boxes + shift).clamp(1e-3, 1.0)
         T = groups * pad + self.num_queries
         mask = torch.ones(T, T, dtype=torch.bool, device=device)
@@ -262,4 +267,5 @@ class DetrHead(nn.Module):
             rows = slice(g * pad, (g + 1) * pad)
             mask[rows, : groups * pad] = False
             mask[rows, rows] = True  # a group sees itself and the learned queries only
-        return DenoisingQueries(self.label_embed(noisy_labels), inverse_sigmoid(noisy), labels, boxes, valid, mask, groups, pad)
+        return DenoisingQueries(self.label_embed(noisy_labels), inverse_sigmoid(noisy), labels, boxes, valid, mask,
+                                groups, pad)

@@ -82,7 +82,8 @@ class MaskTransformerHead(nn.Module):
         self.proj_dec = nn.Linear(embed_dim, dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
         dpr = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(EncoderBlock(dim, num_heads, mlp_ratio, proj_drop=dropout, drop_path=dpr[i]) for i in range(depth))
+        self.blocks = nn.ModuleList(EncoderBlock(dim, num_heads, mlp_ratio, proj_drop=dropout, drop_path=dpr[i])
+                                    for i in range(depth))
         self.decoder_norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj_patch = nn.Parameter(dim**-0.5 * torch.randn(dim, dim))
         self.proj_classes = nn.Parameter(dim**-0.5 * torch.randn(dim, dim))
@@ -154,7 +155,9 @@ class ConvUpsampleHead(nn.Module):
         return self.classifier(self.drop(x))
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "mask_transformer": MaskTransformerHead, "conv": ConvUpsampleHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead, "mask_transformer": MaskTransformerHead, "conv": ConvUpsampleHead,
+}
 
 
 def build_head(name: HeadName, embed_dim: int, num_classes: int, patch_size: int, **kwargs) -> nn.Module:

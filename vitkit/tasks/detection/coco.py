@@ -30,11 +30,13 @@ def coco_results(preds: list[dict[str, torch.Tensor]], image_ids: list[int], cat
     for p, image_id in zip(preds, image_ids):
         xywh = box_convert(p["boxes"].detach().cpu().float(), "xyxy", "xywh").tolist()
         for box, score, label in zip(xywh, p["scores"].tolist(), p["labels"].tolist()):
-            rows.append({"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box, "score": score})
+            rows.append({"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box,
+                         "score": score})
     return rows
 
 
-def coco_evaluate(gt_file: str | Path, results: list[dict] | str | Path, image_ids: list[int] | None = None) -> dict[str, float]:
+def coco_evaluate(gt_file: str | Path, results: list[dict] | str | Path,
+                  image_ids: list[int] | None = None) -> dict[str, float]:
     """pycocotools COCOeval of a results list (or file) against a ground-truth file -> the 12 summary numbers
     under torchmetrics' names. An empty results list is evaluated as "no detections" (pycocotools' `loadRes`
     refuses it). `image_ids` restricts the evaluation to those images."""

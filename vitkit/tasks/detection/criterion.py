@@ -43,7 +43,8 @@ class SetCriterion(nn.Module):
         total = sum(self.weights[k] * term[k] for term in terms for k in self.weights)
         return {"loss": total, **final}
 
-    def layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], num_boxes: float) -> dict[str, torch.Tensor]:
+    def layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target],
+                     num_boxes: float) -> dict[str, torch.Tensor]:
         logits, boxes = logits.float(), boxes.float()  # losses in float32 under bf16/fp16 autocast
         matches = self.matcher(logits, boxes, targets)
         batch = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(matches)]).to(logits.device)
@@ -60,7 +61,8 @@ class SetCriterion(nn.Module):
         with FCOS's centre rule): a token whose cell centre lies inside a target box is a positive for it (the
         smallest such box); a box holding no centre takes the token nearest its own; all other tokens are
         "no object". Many positives per object give the encoder a dense training signal from the first step."""
-        logits, boxes, centres = enc["pred_logits"].float(), enc["pred_boxes"].float(), enc["centres"]  # (B, N, K+1), (B, N, 4), (N, 2)
+        # (B, N, K+1), (B, N, 4), (N, 2)
+        logits, boxes, centres = enc["pred_logits"].float(), enc["pred_boxes"].float(), enc["centres"]
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         pred, gt = [], []
         for b, t in enumerate(targets):
@@ -75,7 +77,8 @@ class SetCriterion(nn.Module):
 
     def box_losses(self, pred: torch.Tensor, gt: torch.Tensor, num_boxes: float) -> dict[str, torch.Tensor]:
         l1 = F.l1_loss(pred, gt, reduction="sum") / num_boxes
-        giou = generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy"), reduction="sum")
+        giou = generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy"),
+                                        reduction="sum")
         return {"bbox": l1, "giou": giou / num_boxes}
 
     def denoising_losses(self, dn: dict, num_boxes: float) -> list[dict[str, torch.Tensor]]:

@@ -30,7 +30,8 @@ def postprocess(logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target]
         sx, sy = t["scale"]
         h, w = t["orig_size"]
         box = xyxy[b] / xyxy.new_tensor([sx, sy, sx, sy])
-        box = torch.stack([box[:, 0].clamp(0, w), box[:, 1].clamp(0, h), box[:, 2].clamp(0, w), box[:, 3].clamp(0, h)], 1)
+        box = torch.stack([box[:, 0].clamp(0, w), box[:, 1].clamp(0, h), box[:, 2].clamp(0, w),
+                           box[:, 3].clamp(0, h)], 1)
         keep = scores[b] > score_threshold
         out.append({"boxes": box[keep], "scores": scores[b][keep], "labels": labels[b][keep]})
     return out

@@ -98,7 +98,9 @@ class ObjectDetector(WeightEMA, VitkitTask):
         # evaluation/display settings stay out of the checkpoint's hyper-parameters, so that `test`/`predict`
         # with --ckpt_path take them from the command line rather than from the training run
         self.save_hyperparameters(ignore=list(self.runtime_hparams))
-        self.top_k, self.score_threshold, self.display_threshold, self.num_draw = top_k, score_threshold, display_threshold, num_draw
+        self.top_k, self.score_threshold, self.display_threshold, self.num_draw = (
+            top_k, score_threshold, display_threshold, num_draw
+        )
         self.map_backend = map_backend
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names; expected num_classes={num_classes}")
@@ -109,7 +111,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
             kwargs["img_size"] = img_size
         self.model = self.build_model(create_model, repr(model), model, num_classes=num_classes, **kwargs)
         if not hasattr(self.model, "load_pretrained") or not hasattr(self.model, "img_size"):
-            raise ConfigError(f"model.init_args.model: {model!r} is not a detector; expected one of {', '.join(_detectors())}")
+            raise ConfigError(f"model.init_args.model: {model!r} is not a detector; "
+                              f"expected one of {', '.join(_detectors())}")
         if pretrained is not None:
             log.info("%s", self.model.load_pretrained(pretrained))
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -159,7 +162,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
             self._keep_for_drawing(targets, preds, with_gt=True)
 
     def predict_boxes(self, outputs: dict, targets: list[Target], canvas: int) -> list[dict[str, torch.Tensor]]:
-        return postprocess(outputs["pred_logits"], outputs["pred_boxes"], targets, canvas, self.top_k, self.score_threshold)
+        return postprocess(outputs["pred_logits"], outputs["pred_boxes"], targets, canvas, self.top_k,
+                           self.score_threshold)
 
     def on_validation_epoch_start(self) -> None:
         self._results = []
@@ -238,7 +242,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
                 return
             keep = p["scores"] >= self.display_threshold
             gt = t["eval_boxes"] if with_gt else None
-            self._drawn.append((t["path"], p["boxes"][keep].cpu(), p["scores"][keep].cpu(), p["labels"][keep].cpu(), gt))
+            self._drawn.append((t["path"], p["boxes"][keep].cpu(), p["scores"][keep].cpu(), p["labels"][keep].cpu(),
+                                gt))
 
     @rank_zero_only
     def _draw(self, stage: str) -> None:
@@ -273,7 +278,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
             if p.requires_grad:
                 key = (name.startswith("encoder."), p.ndim > 1 and name not in skip)
                 groups.setdefault(key, []).append(p)
-        return [{"params": ps, "lr": hp.lr * (hp.encoder_lr_scale if enc else 1.0), "weight_decay": hp.weight_decay if decay else 0.0}
+        return [{"params": ps, "lr": hp.lr * (hp.encoder_lr_scale if enc else 1.0),
+                 "weight_decay": hp.weight_decay if decay else 0.0}
                 for (enc, decay), ps in groups.items()]
 
 
@@ -299,18 +305,22 @@ def draw_detections(image_path: str, boxes: torch.Tensor, scores: torch.Tensor, 
         image = np.array(im.convert("RGB"))
     s = max(1.0, min_side / min(image.shape[:2]))
     if s > 1:
-        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * s), round(image.shape[0] * s)), Image.NEAREST))
+        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * s), round(image.shape[0] * s)),
+                                                         Image.NEAREST))
     canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
     if gt_boxes is not None and len(gt_boxes):
         canvas = draw_bounding_boxes(canvas, gt_boxes.float() * s, colors="white", width=1)
     if len(boxes):
         labels = [f"{n} {v:.2f}" for n, v in zip(names, scores.tolist())]
-        canvas = draw_bounding_boxes(canvas, boxes.float() * s, labels=labels, colors=[_color(n) for n in names], width=2)
+        canvas = draw_bounding_boxes(canvas, boxes.float() * s, labels=labels, colors=[_color(n) for n in names],
+                                     width=2)
     Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out)
     return out
 
 
-_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe", "#008080"]
+_PALETTE = [
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe", "#008080",
+]
 
 
 def _color(name: str) -> str:
