@@ -1,9 +1,9 @@
 """Accuracy targets of the text path, each trained and tested exactly as the README command does
 (`python train.py fit --config ...` in a subprocess), with the wall time of the whole command:
 
-    translation  configs/text/numbers_tiny.yaml          test/exact_match >= 0.95 in <= 10 min; report test/bleu
+    translation  configs/seq2seq/numbers_tiny.yaml          test/exact_match >= 0.95 in <= 10 min; report test/bleu
     captions     configs/captioning/shapes_captions.yaml test/bleu4 >= 0.5 (and test/cider)
-    vqa          configs/captioning/shapes_vqa.yaml      test/vqa_acc >= 0.90 (encoder: the captions run's)
+    vqa          configs/vqa/shapes_vqa.yaml      test/vqa_acc >= 0.90 (encoder: the captions run's)
 
     python benchmarks/text_tasks.py                        # all three (captions before vqa, which starts from it)
     python benchmarks/text_tasks.py --tasks translation    # one of them
@@ -24,9 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
-    "translation": ("configs/text/numbers_tiny.yaml", {"test/exact_match": 0.95}, ["test/bleu"], 600),
+    "translation": ("configs/seq2seq/numbers_tiny.yaml", {"test/exact_match": 0.95}, ["test/bleu"], 600),
     "captions": ("configs/captioning/shapes_captions.yaml", {"test/bleu4": 0.5}, ["test/cider"], None),
-    "vqa": ("configs/captioning/shapes_vqa.yaml", {"test/vqa_acc": 0.90},
+    "vqa": ("configs/vqa/shapes_vqa.yaml", {"test/vqa_acc": 0.90},
             ["test/vqa_acc_yes_no", "test/vqa_acc_number", "test/vqa_acc_other"], None),
 }
 

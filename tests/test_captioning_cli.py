@@ -47,7 +47,7 @@ def caption(sub: str, tmp: Path, shapes: Path, *extra: str) -> None:
 
 
 def vqa(sub: str, tmp: Path, shapes: Path, *extra: str) -> None:
-    main([sub, "--config", str(ROOT / "configs/captioning/shapes_vqa.yaml"), "--trainer.default_root_dir", str(tmp),
+    main([sub, "--config", str(ROOT / "configs/vqa/shapes_vqa.yaml"), "--trainer.default_root_dir", str(tmp),
           *data_args(shapes, "vqa"), *ENCODER, "--model.init_args.fusion_kwargs", SMALL,
           "--model.init_args.pretrained", "null", *extra])
 

@@ -28,7 +28,7 @@ TASKS = {
         "--model.init_args.num_draw", "0", "--model.init_args.model_kwargs", json.dumps(
             {"depth": 1, "embed_dim": 64, "num_heads": 2, "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 2,
              "num_queries": 8})]),
-    "text": ("configs/text/numbers_tiny.yaml", lambda data: [
+    "text": ("configs/seq2seq/numbers_tiny.yaml", lambda data: [
         "--data.init_args.root", str(data), "--data.init_args.num_train", "200", "--data.init_args.batch_size", "32",
         "--model.init_args.max_new_tokens", "8",
         "--model.init_args.model_kwargs",

@@ -16,7 +16,7 @@ from vitkit.cli import main
 from vitkit.data.text import TextTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs/text/numbers_tiny.yaml")
+CONFIG = str(ROOT / "configs/seq2seq/numbers_tiny.yaml")
 TINY = ["--model.init_args.model_kwargs", '{"dim": 32, "enc_depth": 1, "dec_depth": 1, "num_heads": 2, "dropout": 0.0}',
         "--model.init_args.max_new_tokens", "12", "--trainer.enable_progress_bar", "false"]
 
