@@ -1,5 +1,5 @@
 """vitkit's data layer: LightningDataModules, dataset readers and albumentations pipelines (imports no model code)."""
-from .captioning import CaptioningDataModule, VQADataModule, read_captions, read_vqa
+from .captioning import CaptioningDataModule, read_captions, read_vqa
 from .classification import (
     ArrayDataset,
     ClassificationDataModule,
@@ -12,8 +12,9 @@ from .detection import DetectionDataModule
 from .images import ImageStats, image_stats, list_images, load_rgb, scan_images
 from .numbers import NumbersConfig, generate_numbers
 from .segmentation import SegmentationDataModule, load_mask, reduce_zero_label
+from .seq2seq import Seq2SeqDataModule
 from .shapes import ShapesConfig, generate_shapes, render_scene
-from .text import Seq2SeqDataModule, TextTokenizer, read_pairs
+from .text import TextTokenizer, read_pairs
 from .transforms import (
     DEFAULT_TRANSFORMS,
     FolderPipeline,
@@ -25,6 +26,7 @@ from .transforms import (
     make_transform,
     seed_transform,
 )
+from .vqa import VQADataModule
 
 __all__ = [
     "ArrayDataset",
