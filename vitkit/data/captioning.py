@@ -28,7 +28,7 @@ from .files import read_json
 from .images import list_images, load_rgb
 from .shapes import DEFAULT_ROOT as SHAPES_ROOT
 from .shapes import ShapesConfig, generate_shapes
-from .text import LengthGuard, LongLines, TextTokenizer, adopt_tokenizer, pad_batch
+from .text import LengthGuard, LongLines, TextTokenizer, TokenizerState, pad_batch
 from .transforms import build_transforms
 
 log = logging.getLogger("vitkit")
@@ -164,7 +164,7 @@ class ImageTextCollate:
 
 
 # ------------------------------------------------------------------------------------------ shared set-up
-class _ImageTextData(VitkitDataModule):
+class _ImageTextData(TokenizerState, VitkitDataModule):
     """What the captioning and VQA data modules share: split sources (the shapes scenes or given files), the
     tokenizer (trained, loaded, or restored from a checkpoint), image transforms and loaders."""
 
@@ -230,14 +230,6 @@ class _ImageTextData(VitkitDataModule):
         tok = TextTokenizer.train(texts, self.hparams.vocab_size)
         log.info("trained a byte-level BPE of %d tokens on %d training %s", tok.vocab_size, len(texts), self.kind)
         return tok
-
-    def state_dict(self) -> dict:
-        return {"tokenizer": self._tokenizer.state()} if self._tokenizer is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "tokenizer" in state:
-            self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
-            self.forget_datasets()
 
     def _split_items(self, split: Split) -> list:
         if split not in self._items:

@@ -22,7 +22,7 @@ from .text import (
     TextCollate,
     TextPair,
     TextTokenizer,
-    adopt_tokenizer,
+    TokenizerState,
     read_lines,
     read_pairs,
 )
@@ -34,7 +34,7 @@ log = logging.getLogger("vitkit")
 Stage = Literal["fit", "validate", "test", "predict"]
 
 
-class Seq2SeqDataModule(VitkitDataModule):
+class Seq2SeqDataModule(TokenizerState, VitkitDataModule):
     """Parallel text for `vitkit.tasks.Seq2Seq`: TSV or JSONL files, or the embedded numbers/dates task.
 
     Batches are dicts: `src` (B, S) and `tgt` (B, T) int64 padded with the tokenizer's pad id (`tgt` is
@@ -122,15 +122,6 @@ class Seq2SeqDataModule(VitkitDataModule):
         tok = TextTokenizer.train(texts, self.hparams.vocab_size)
         log.info("trained a byte-level BPE of %d tokens on %d training pairs", tok.vocab_size, len(pairs))
         return tok
-
-    # -- checkpoint: the tokenizer travels with it --
-    def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.state()} if self._tokenizer is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "tokenizer" in state:
-            self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
-            self.forget_datasets()  # re-encode with the checkpoint's tokenizer
 
     # -- data --
     def prepare_data(self) -> None:

@@ -313,6 +313,20 @@ def adopt_tokenizer(state: dict, given: TextTokenizer | None, given_path: str | 
 
 
 
+class TokenizerState:
+    """Data-module mixin: the tokenizer travels with the checkpoint (`state_dict`), and a checkpoint's tokenizer
+    replaces the one trained or given here (`load_state_dict`, refusing a `data.tokenizer` file that differs),
+    after which the splits are encoded again. Needs `_tokenizer`, `file_tokenizer` and `forget_datasets()`."""
+
+    def state_dict(self) -> dict:
+        return {"tokenizer": self._tokenizer.state()} if self._tokenizer is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "tokenizer" in state:
+            self._tokenizer = adopt_tokenizer(state["tokenizer"], self.file_tokenizer, self.hparams.tokenizer)
+            self.forget_datasets()  # re-encode with the checkpoint's tokenizer
+
+
 def __getattr__(name: str):
     if name in ("Seq2SeqDataModule", "Stage"):  # moved to `vitkit.data.seq2seq`; old imports still resolve
         from . import seq2seq
