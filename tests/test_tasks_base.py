@@ -59,3 +59,24 @@ def test_vitkit_explain_finds_each_tasks_methods_through_its_explainers_hook():
     for task, methods in expected.items():
         offered = task.explainers(task.__new__(task))  # the hook reads nothing from the instance
         assert list(offered) == methods and all(callable(run) for run in offered.values())
+
+
+ALL_TASKS = [ImageClassifier, SemanticSegmenter, ObjectDetector, Seq2Seq, ImageCaptioner, VisualQA]
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_task_takes_compile(task):
+    import inspect
+
+    params = inspect.signature(task).parameters
+    assert params["compile"].default is False and params["compile_backend"].default == "inductor"
+
+
+def test_a_compiled_segmenter_gives_the_same_logits():
+    plain = SemanticSegmenter("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32)
+    compiled = SemanticSegmenter("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32, compile=True,
+                                 compile_backend="eager")
+    compiled.load_state_dict(plain.state_dict())  # the same keys: compile is in place
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval().model(x), plain.eval().model(x))

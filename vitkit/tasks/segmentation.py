@@ -69,6 +69,8 @@ class SemanticSegmenter(VitkitTask):
         test_flip: also average the horizontally flipped image at test/predict time.
         num_visualize: how many images ``test`` and ``predict`` draw as coloured masks and overlays.
         grad_checkpointing: recompute encoder block activations in backward (less memory, ~30% slower).
+        compile: ``torch.compile`` the model in place (state-dict keys unchanged, so checkpoints load either way).
+        compile_backend: the ``torch.compile`` backend ("inductor", "aot_eager", "eager", ...).
     """
 
     monitor = "val/mIoU"
@@ -101,6 +103,8 @@ class SemanticSegmenter(VitkitTask):
         test_flip: bool = False,
         num_visualize: int = 8,
         grad_checkpointing: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +115,7 @@ class SemanticSegmenter(VitkitTask):
         self.model = self.build_model(create_segmenter, repr(model), model, num_classes=num_classes,
                                       pretrained=pretrained, **kwargs)
         self.model.set_grad_checkpointing(grad_checkpointing)
+        self.maybe_compile(compile, compile_backend, self.model)
         self.window = self.model.img_size  # (h, w) of the crops the encoder takes
         self.stride = tuple(slide_stride or max(1, 2 * s // 3) for s in self.window)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]

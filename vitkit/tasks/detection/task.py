@@ -61,6 +61,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
         display_threshold: minimum score of the boxes drawn and written by `predict`.
         num_draw: images drawn per `test`/`predict` run.
         map_backend: COCO evaluation backend of torchmetrics' MeanAveragePrecision.
+        compile: ``torch.compile`` the model (and its EMA copy) in place; checkpoints load compiled or not.
+        compile_backend: the ``torch.compile`` backend ("inductor", "aot_eager", "eager", ...).
     """
 
     monitor = "val/map"
@@ -93,6 +95,8 @@ class ObjectDetector(WeightEMA, VitkitTask):
         display_threshold: float = 0.3,
         num_draw: int = 16,
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         # evaluation/display settings stay out of the checkpoint's hyper-parameters, so that `test`/`predict`
@@ -119,6 +123,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
         self.criterion = SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), eos_coef,
                                       ce_weight, bbox_weight, giou_weight)
         self.init_ema(ema_decay, warmup=True)  # the decay ramps up: the average does not start from init
+        self.maybe_compile(compile, compile_backend, self.model, self.ema.module if self.ema is not None else None)
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self._results: list[dict] = []
