@@ -13,6 +13,7 @@ from torch import nn
 
 from ..nn import DecoderBlock, EncoderBlock, padding_mask
 from ..nn.text import PositionEmbed1d, TokenEmbed
+from .pretrained import load_pretrained
 from .registry import create_model
 from .seq2seq import PosEmbed, SpecialIds, TextDecoder, generate
 
@@ -31,7 +32,6 @@ def build_encoder(encoder: str, img_size: int | None, encoder_kwargs: dict[str, 
         raise ValueError(f"encoder {encoder!r} has no forward_features/embed_dim; expected a vitkit image encoder "
                          f"such as vit_nano_patch4_32 (vitkit.list_models())")
     if inner is not None:
-        from ..weights import load_pretrained  # lazy, as in create_model
 
         load_pretrained(model, inner, strict=True)
     return model

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .heads.detection import DetrHead, Output
+from .pretrained import load_pretrained
 from .registry import register_model
 from .vit import VisionTransformer
 
@@ -78,7 +79,6 @@ class DetrViT(nn.Module):
     def load_pretrained(self, checkpoint: str | os.PathLike):
         """Initialise the encoder from a timm/torchvision/transformers ViT checkpoint (its classifier is
         dropped, position embeddings resampled); the head stays at its initialisation. Returns the report."""
-        from ..weights import load_pretrained  # lazy: vitkit.weights sits above models
 
         return load_pretrained(self.encoder, checkpoint)
 

@@ -9,6 +9,8 @@ from typing import Callable
 
 from torch import nn
 
+from .pretrained import load_pretrained
+
 log = logging.getLogger(__name__)
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}  # name -> "vision" (image encoders) or another family: "text", "detection", "segmentation"
@@ -59,7 +61,6 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
         _no_reset_head(name, reset_head)
         log.info("%s", model.load_pretrained(pretrained))
         return model
-    from ..weights import load_pretrained  # lazy: vitkit.weights imports vitkit.nn and sits above models
 
     load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
     return model

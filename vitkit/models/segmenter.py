@@ -21,6 +21,7 @@ from torch import nn
 
 from ..nn import to_2tuple
 from .heads.segmentation import HeadName, build_head
+from .pretrained import load_pretrained
 from .registry import create_model, list_models, register_model
 from .vit import VisionTransformer
 
@@ -118,7 +119,6 @@ def build_encoder(name: str, img_size: int | tuple[int, int], pretrained: str | 
         return create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
     encoder = VisionTransformer(img_size=img_size, **kwargs)
     if pretrained is not None:
-        from ..weights import load_pretrained  # lazy, as in create_model: vitkit.weights sits above models
 
         load_pretrained(encoder, pretrained)
     return encoder

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..nn import resample_pos_embed
 from .heads.detection import Output, PredictionMLP
+from .pretrained import load_checkpoint_file, load_pretrained
 from .registry import register_model
 from .vit import VisionTransformer
 
@@ -112,7 +113,6 @@ class YOLOS(nn.Module):
         """Load a transformers `YolosForObjectDetection` checkpoint (folder or weights file; see
         `load_hf_yolos`), or initialise only the encoder from a plain ViT checkpoint (timm, torchvision,
         transformers ViT/DeiT: YOLOS's own recipe starts from DeiT weights). Returns what was loaded."""
-        from ..weights import load_checkpoint_file, load_pretrained  # lazy: vitkit.weights sits above models
 
         path = Path(checkpoint)
         weights = _weights_file(path) if path.is_dir() else path
@@ -189,7 +189,6 @@ def load_hf_yolos(
     when there is one. Returns {"missing": [], "unexpected": [...]} (the unexpected keys are ignored)."""
     if not isinstance(checkpoint, dict):
         path = Path(checkpoint)
-        from ..weights import load_checkpoint_file
 
         source = source or str(path)
         checkpoint = load_checkpoint_file(_weights_file(path) if path.is_dir() else path)

@@ -1,0 +1,510 @@
+"""Loading pretrained ViT checkpoints (timm, torchvision, Hugging Face transformers) into vitkit's
+`VisionTransformer`, after timm's `checkpoint_filter_fn`: rename keys, resample position embeddings,
+drop a classifier that does not fit, and report every key that was not loaded.
+
+    report = load_pretrained(model, "vit_b_16.pth")   # or vitkit.create_model(name, pretrained=path)
+    print(report)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..nn.embed import resample_pos_embed
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["timm", "torchvision", "transformers"]
+StateDict = dict[str, torch.Tensor]
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+_SUFFIXES = TORCH_SUFFIXES + SAFETENSORS_SUFFIXES
+# Keys that mark a ViT state dict in each format (after any wrapper prefix is removed).
+_MARKERS = ("patch_embed.proj.weight", "conv_proj.weight", "embeddings.patch_embeddings.projection.weight")
+_NESTINGS = ("state_dict", "model", "module", "model_state_dict")  # checkpoint dicts that wrap the weights
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, a LightningModule's `self.model`
+_HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did: keys left at their initialisation (`missing`), checkpoint keys the model
+    has no place for (`unexpected`), keys dropped on purpose with the reason (`dropped`), tensors that were
+    resampled (`resampled`, key -> description) and whether the classifier was re-initialised."""
+
+    source: str
+    format: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    resampled: dict[str, str] = field(default_factory=dict)
+    head_reinitialised: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when every model key outside a deliberately re-initialised head came from the checkpoint."""
+        return not (set(self.missing) - set(_HEAD_KEYS)) and not self.unexpected
+
+    def _unloaded(self) -> tuple[tuple[str, list[str]], ...]:
+        return ("missing (left at initialisation)", self.missing), ("unexpected (ignored)", self.unexpected)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.source} ({self.format} format)"]
+        lines += [f"  resampled {k}: {v}" for k, v in self.resampled.items()]
+        lines += [f"  dropped {k}: {v}" for k, v in self.dropped.items()]
+        if self.head_reinitialised:
+            lines.append("  classifier head re-initialised near zero (train it before use)")
+        for name, keys in self._unloaded():
+            if keys:
+                lines.append(f"  {name}: {len(keys)} key(s): {_few(keys)}")
+        if len(lines) == 1:
+            lines.append("  every key matched")
+        return "\n".join(lines)
+
+
+def _few(keys, n: int = 6) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def load_checkpoint_file(path: str | os.PathLike) -> StateDict:
+    """Read a state dict from `.pth`/`.pt`/`.bin`/`.ckpt` (torch.load, weights only, on CPU) or `.safetensors`,
+    unwrapping `state_dict`/`model` nestings and `module.`, `_orig_mod.`, Lightning `model.` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file; expected a {'/'.join(_SUFFIXES)} file")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        obj = _read(path, _load_safetensors, "a safetensors file")
+    elif suffix in TORCH_SUFFIXES:
+        obj = _read(path, _load_torch, "a state dict written by torch.save")
+    else:
+        raise CheckpointError(
+            f"checkpoint {path}: unknown file type {suffix!r}; expected one of {', '.join(_SUFFIXES)}"
+        )
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def _load_torch(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)  # weights only: no code runs from the file
+
+
+def _load_safetensors(path: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def _read(path: Path, reader, expected: str):
+    try:
+        return reader(path)
+    except Exception as e:  # corrupted, truncated, a pickled module, a different format: one message for all
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"expected {expected} (is the file complete and of the type its suffix says?)"
+        ) from e
+
+
+def unwrap_state_dict(obj, source: str = "<state dict>") -> StateDict:
+    """Find the tensors of a checkpoint: descend into `state_dict`/`model` nestings, then remove wrapper
+    prefixes (`module.` from DDP, `_orig_mod.` from torch.compile, `model.` from a LightningModule)."""
+    if not isinstance(obj, Mapping):
+        found = type(obj).__name__
+        raise CheckpointError(f"checkpoint {source}: holds a {found}; expected a dict of tensors (a state dict)")
+    while not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _NESTINGS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"checkpoint {source}: a dict without tensors (keys: {_few(map(str, obj))}); expected a state dict, "
+                f"or one nested under {' / '.join(repr(k) for k in _NESTINGS)}"
+            )
+        obj = inner
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            stripped = _strip_prefix(sd, prefix, source)
+            if stripped is not sd:
+                sd, changed = stripped, True
+    return sd
+
+
+def _strip_prefix(sd: StateDict, prefix: str, source: str) -> StateDict:
+    """`sd` without `prefix`: all keys when all have it, else the prefixed keys when they hold a ViT (a
+    Lightning checkpoint also stores loss/metric buffers beside `model.`); otherwise `sd` itself."""
+    inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not inner:
+        return sd
+    if len(inner) == len(sd):
+        return inner
+    outer = [k for k in sd if not k.startswith(prefix)]
+    if _has_marker(inner) and not _has_marker(outer):
+        logger.info("checkpoint %s: using the %d keys under %r, ignoring %d others", source, len(inner), prefix,
+                    len(outer))
+        return inner
+    return sd
+
+
+def _has_marker(keys) -> bool:
+    return any(k.endswith(m) for k in keys for m in _MARKERS)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+def detect_format(sd: StateDict, source: str = "<state dict>") -> Format:
+    """Which library wrote a ViT state dict; CheckpointError listing a few keys when none fits."""
+    if "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd):
+        return "timm"
+    if "conv_proj.weight" in sd and "encoder.pos_embedding" in sd:
+        return "torchvision"
+    if _hf_prefix(sd) is not None:
+        return "transformers"
+    raise CheckpointError(
+        f"checkpoint {source}: not a Vision Transformer state dict; expected timm keys (patch_embed.proj.weight, "
+        f"blocks.0.attn.qkv.weight, ...), torchvision keys (conv_proj.weight, encoder.pos_embedding, "
+        f"encoder.layers.encoder_layer_0.*) or transformers keys (vit.embeddings.patch_embeddings.projection.weight, "
+        f"vit.encoder.layer.0.*); found {len(sd)} keys: {_few(sd)}"
+    )
+
+
+def _hf_prefix(sd: StateDict) -> str | None:
+    for prefix in ("vit.", "deit.", ""):
+        if f"{prefix}embeddings.patch_embeddings.projection.weight" in sd:
+            return prefix
+    return None
+
+
+# torchvision `VisionTransformer` -> timm names (read from torchvision.models.VisionTransformer's state dict;
+# `mlp.linear_1/2` are the names of torchvision < 0.13 checkpoints).
+_TORCHVISION_RENAMES = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$", r"blocks.\1.attn.qkv.\2"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(0|linear_1)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(3|linear_2)\.", r"blocks.\1.mlp.fc2."),
+]
+
+# transformers ViT/DeiT -> timm names, for the Hub layout (`encoder.layer.N.attention.attention.query`) and the
+# transformers 5 layout (`layers.N.attention.q_proj`); `q/k/v` are concatenated into `qkv` afterwards.
+_L = r"^(?:encoder\.layer|layers)\.(\d+)\."
+_HF_RENAMES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^layernorm\.", "norm."),
+    (_L + r"attention\.(?:attention\.query|q_proj)\.", r"blocks.\1.attn.q."),
+    (_L + r"attention\.(?:attention\.key|k_proj)\.", r"blocks.\1.attn.k."),
+    (_L + r"attention\.(?:attention\.value|v_proj)\.", r"blocks.\1.attn.v."),
+    (_L + r"attention\.(?:output\.dense|o_proj)\.", r"blocks.\1.attn.proj."),
+    (_L + r"layernorm_before\.", r"blocks.\1.norm1."),
+    (_L + r"layernorm_after\.", r"blocks.\1.norm2."),
+    (_L + r"(?:intermediate\.dense|mlp\.fc1)\.", r"blocks.\1.mlp.fc1."),
+    (_L + r"(?:output\.dense|mlp\.fc2)\.", r"blocks.\1.mlp.fc2."),
+]
+_HF_HEADS = {"classifier.": "head.", "cls_classifier.": "head."}  # ViT/DeiT classifier, DeiT-with-teacher class head
+_HF_DROPPED = {  # keys vitkit has no place for, with the reason given in the report
+    "embeddings.distillation_token": "DeiT distillation token (vitkit's ViT has none; outputs differ from the source)",
+    "embeddings.mask_token": "masked-image-modelling token (not used by a classifier)",
+    "pooler.dense.weight": "ViTModel pooler (vitkit pools without a dense layer)",
+    "pooler.dense.bias": "ViTModel pooler (vitkit pools without a dense layer)",
+    "distillation_classifier.weight": "DeiT distillation head",
+    "distillation_classifier.bias": "DeiT distillation head",
+}
+
+
+def _rename(key: str, rules) -> str | None:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+def convert_state_dict(sd: StateDict, fmt: Format) -> tuple[StateDict, dict[str, str]]:
+    """Rename a state dict of `fmt` to timm/vitkit names. Returns it and the keys dropped on purpose
+    (source key -> reason); keys with no known mapping are kept as they are, to be reported unexpected."""
+    if fmt == "timm":
+        return dict(sd), {}
+    if fmt == "torchvision":
+        return {_rename(k, _TORCHVISION_RENAMES) or k: v for k, v in sd.items()}, {}
+    return _convert_transformers(sd)
+
+
+def _convert_transformers(sd: StateDict) -> tuple[StateDict, dict[str, str]]:
+    prefix = _hf_prefix(sd) or ""
+    out: StateDict = {}
+    dropped: dict[str, str] = {}
+    for key, value in sd.items():
+        inner = key[len(prefix):] if key.startswith(prefix) else key
+        if inner in _HF_DROPPED:
+            dropped[key] = _HF_DROPPED[inner]
+        elif head := next((h for h in _HF_HEADS if key.startswith(h)), None):
+            out[_HF_HEADS[head] + key[len(head):]] = value
+        else:
+            out[_rename(inner, _HF_RENAMES) or key] = value
+    if any(k.endswith("distillation_token") for k in dropped) and "pos_embed" in out:
+        pe = out["pos_embed"]  # (1, 2 + N, D): class, distillation, patches -> drop the distillation position
+        out["pos_embed"] = torch.cat([pe[:, :1], pe[:, 2:]], dim=1)
+        dropped[f"{prefix}embeddings.position_embeddings[:, 1]"] = "position of the dropped distillation token"
+    return _fuse_qkv(out), dropped
+
+
+def _fuse_qkv(sd: StateDict) -> StateDict:
+    """Concatenate `blocks.N.attn.{q,k,v}.{weight,bias}` into `blocks.N.attn.qkv.*` (timm's fused layout)."""
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"^(blocks\.\d+\.attn\.)([qkv])\.(weight|bias)$", key)
+        if not m:
+            out[key] = value
+        elif m.group(2) == "q":
+            parts = [sd.get(f"{m.group(1)}{p}.{m.group(3)}") for p in "qkv"]
+            if any(p is None for p in parts):
+                out[key] = value  # incomplete triple: leave as is, reported unexpected
+            else:
+                out[f"{m.group(1)}qkv.{m.group(3)}"] = torch.cat(parts, dim=0)
+        elif f"{m.group(1)}q.{m.group(3)}" not in sd:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_pretrained(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping,
+    strict: bool = False,
+    num_classes_changed_ok: bool = True,
+    reset_head: bool = False,
+    resample_patch_embed: bool = True,
+    new_head_scale: float = 1e-3,
+) -> LoadReport:
+    """Load a timm, torchvision or transformers ViT checkpoint (a file or a state dict) into a vitkit
+    `VisionTransformer`: rename keys, resample `pos_embed` to the model's patch grid (bicubic), replace a
+    head whose number of classes differs (when `num_classes_changed_ok`), load, and report.
+
+    `strict=True` raises CheckpointError, before changing the model, when any key other than the
+    classifier head would be missing, unexpected or dropped. `reset_head=True` leaves the model's classifier
+    at its initialisation even when the checkpoint's fits (transfer to another task with as many classes).
+
+    `checkpoint` may also name a model on the Hugging Face Hub, `"hf-hub:timm/<name>"` (timm's convention;
+    `"timm/<name>"` when no such file exists), read from the local Hub cache only: nothing is downloaded.
+    `resample_patch_embed=True` resamples a patch embedding of another patch size (same width and channels)
+    to the model's with FlexiViT's pseudo-inverse resize (`timm.layers.resample_patch_embed`); `pos_embed` then
+    follows the model's patch grid as usual."""
+    is_file = isinstance(checkpoint, (str, os.PathLike))
+    source = str(checkpoint) if is_file else "<state dict>"
+    if is_file and (repo_id := hub_repo_id(checkpoint)) is not None:
+        path = resolve_hub_checkpoint(repo_id)
+        source = f"{HUB_PREFIX}{repo_id} ({path})"
+        sd = load_checkpoint_file(path)
+    else:
+        sd = load_checkpoint_file(checkpoint) if is_file else unwrap_state_dict(checkpoint, source)
+    fmt = detect_format(sd, source)
+    sd, dropped = convert_state_dict(sd, fmt)
+    report = LoadReport(source=source, format=fmt, dropped=dropped)
+    target = model.state_dict()
+    if resample_patch_embed:
+        _fit_patch_embed(sd, target, report)
+    if "pos_embed" in sd and "pos_embed" in target:
+        sd["pos_embed"] = _fit_pos_embed(sd["pos_embed"], model, source, report)
+    if reset_head:
+        report.dropped.update({k: "reset_head=True" for k in _HEAD_KEYS if sd.pop(k, None) is not None})
+    _fit_head(sd, target, source, num_classes_changed_ok, report)
+    _check_shapes(sd, target, source)
+    report.missing = [k for k in target if k not in sd]
+    report.unexpected = [k for k in sd if k not in target]
+    report.head_reinitialised = report.head_reinitialised or any(k in report.missing for k in _HEAD_KEYS)
+    if strict:
+        _check_strict(report)
+    model.load_state_dict(sd, strict=False)
+    if report.head_reinitialised:
+        _shrink_new_head(model, new_head_scale)
+    (logger.info if report.ok and not report.dropped else logger.warning)("%s", report)
+    return report
+
+
+def _shrink_new_head(model: nn.Module, scale: float) -> None:
+    """A fresh classifier on pretrained features starts near zero (weights x `scale`, bias 0), as in BEiT's
+    (0.001) and MAE's fine-tuning: its first gradients then train the head, not the encoder, instead of sending
+    a random head's error back through the features (the feature distortion of Kumar et al. 2022)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and scale != 1.0:
+        with torch.no_grad():
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.zero_()
+
+
+_PATCH_KEY = "patch_embed.proj.weight"
+PATCH_RESAMPLE_INTERPOLATION = "bicubic"  # timm's default (its own checkpoint filter uses it), antialiased
+
+
+def _fit_patch_embed(sd: StateDict, target: StateDict, report: LoadReport) -> None:
+    """Resample a (D, C, p, p) patch-embedding kernel to the model's (D, C, q, q) kernel (FlexiViT, Beyer et al.
+    2023): the new kernel is w' = pinv(B^T) w, where B resizes a p x p patch to q x q, so that <B x, w'> matches
+    <x, w> (exactly when upsampling; in the least-squares sense over white-noise patches when downsampling)."""
+    found, expected = sd.get(_PATCH_KEY), target.get(_PATCH_KEY)
+    if found is None or expected is None or found.shape == expected.shape:
+        return
+    if found.ndim != 4 or expected.ndim != 4 or found.shape[:2] != expected.shape[:2]:
+        return  # another width or channel count: a different model, reported by _check_shapes
+    from timm.layers import resample_patch_embed  # lazy: only this needs timm
+
+    new_size = [int(expected.shape[-2]), int(expected.shape[-1])]
+    old_size = tuple(found.shape[-2:])
+    sd[_PATCH_KEY] = resample_patch_embed(
+        found, new_size=new_size, interpolation=PATCH_RESAMPLE_INTERPOLATION, antialias=True
+    ).to(found.dtype)
+    report.resampled[_PATCH_KEY] = (
+        f"kernel {old_size[0]}x{old_size[1]} -> {new_size[0]}x{new_size[1]} "
+        f"(FlexiViT pseudo-inverse resize, {PATCH_RESAMPLE_INTERPOLATION}, antialiased)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- Hub cache
+HUB_PREFIX = "hf-hub:"
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes, in the order timm tries them
+
+
+def hub_repo_id(name: str | os.PathLike) -> str | None:
+    """The Hub repo id that `name` names: `"hf-hub:<org>/<name>"` (timm's convention), or `"timm/<name>"` when
+    that is no existing path and has no checkpoint suffix; None for a file path."""
+    if not isinstance(name, str):
+        return None
+    if name.startswith(HUB_PREFIX):
+        repo_id = name[len(HUB_PREFIX):]
+        if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+            raise CheckpointError(
+                f"checkpoint {name}: {repo_id!r} is not a Hub repo id; expected {HUB_PREFIX}<org>/<name>, "
+                f"e.g. {HUB_PREFIX}timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+            )
+        return repo_id
+    if (re.fullmatch(r"timm/[\w.\-]+", name) and Path(name).suffix.lower() not in _SUFFIXES
+            and not Path(name).exists()):
+        return name
+    return None
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache folder, read from the environment at each call (huggingface_hub reads it
+    once, at import): HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def resolve_hub_checkpoint(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of `repo_id`'s weights in the local Hub cache (`model.safetensors`, else `pytorch_model.bin`, at
+    the `main` revision). Never downloads: CheckpointError saying where it looked and how to fetch them."""
+    cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError as e:
+        raise CheckpointError(
+            f"checkpoint {HUB_PREFIX}{repo_id}: reading the Hugging Face cache needs huggingface_hub "
+            f"(pip install huggingface_hub); or pass the path of the checkpoint file"
+        ) from e
+    for filename in HUB_FILENAMES:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    raise CheckpointError(
+        f"checkpoint {HUB_PREFIX}{repo_id}: {repo_id} is not in the local Hugging Face cache {cache} (looked for "
+        f"{' or '.join(HUB_FILENAMES)} under {repo_dir}; the folder is HF_HUB_CACHE, else HF_HOME/hub, else "
+        f"~/.cache/huggingface/hub). vitkit never downloads: on a machine with network run "
+        f"`hf download {repo_id} model.safetensors` (older huggingface_hub: `huggingface-cli download "
+        f"{repo_id} model.safetensors`), then copy its cache folder here or point HF_HUB_CACHE at it; "
+        f"or pass the path of a downloaded checkpoint file"
+    )
+
+
+def _fit_pos_embed(pe: torch.Tensor, model: nn.Module, source: str, report: LoadReport) -> torch.Tensor:
+    """Resample a checkpoint's (1, prefix + h*w, D) position embedding to the model's grid; prefix positions
+    (none for a `no_embed_class` model) are kept exactly."""
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    new_grid = tuple(model.patch_embed.grid_size)
+    n = pe.shape[1] - prefix
+    side = math.isqrt(max(n, 0))
+    if n <= 0 or side * side != n:
+        raise CheckpointError(
+            f"checkpoint {source}: pos_embed of shape {tuple(pe.shape)} holds {n} patch positions after the model's "
+            f"{prefix} prefix position(s), not a square grid; expected {prefix} + h*w positions "
+            f"(the model has a {new_grid[0]}x{new_grid[1]} grid: shape {tuple(model.pos_embed.shape)})"
+        )
+    if (side, side) == new_grid:
+        return pe
+    how = f"bicubic, {prefix} prefix position(s) kept"
+    report.resampled["pos_embed"] = f"grid {side}x{side} -> {new_grid[0]}x{new_grid[1]} ({how})"
+    return resample_pos_embed(pe, new_grid, (side, side), num_prefix_tokens=prefix, mode="bicubic", antialias=True)
+
+
+def _fit_head(sd: StateDict, target: StateDict, source: str, changed_ok: bool, report: LoadReport) -> None:
+    """Drop checkpoint head weights the model's head cannot take (other class count, or no head at all)."""
+    if "head.weight" not in sd:
+        return
+    found = tuple(sd["head.weight"].shape)
+    expected = tuple(target["head.weight"].shape) if "head.weight" in target else None
+    if found == expected:
+        return
+    if expected is not None and found[1:] == expected[1:] and not changed_ok:
+        raise CheckpointError(
+            f"checkpoint {source}: head.weight has shape {found} ({found[0]} classes); the model expects {expected} "
+            f"({expected[0]} classes). Pass num_classes={found[0]} to keep the checkpoint's classifier, or the "
+            f"number of classes you want to train a new one (num_classes_changed_ok=True in load_pretrained)"
+        )
+    if expected is not None and found[1:] != expected[1:]:
+        return  # a width mismatch is a different model, reported by _check_shapes
+    reason = f"checkpoint has {found[0]} classes, model {expected[0]}" if expected else "model has no head"
+    for k in _HEAD_KEYS:
+        if sd.pop(k, None) is not None:
+            report.dropped[k] = f"classifier does not fit: {reason}"
+    report.head_reinitialised = expected is not None  # logged with the report once loading succeeded
+
+
+def _check_shapes(sd: StateDict, target: StateDict, source: str) -> None:
+    bad = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in sd.items()
+           if k in target and v.shape != target[k].shape]
+    if bad:
+        hint = ""
+        if any(k == _PATCH_KEY and f[:2] == e[:2] for k, f, e in bad):
+            hint = " (a patch embedding of another patch size loads with resample_patch_embed=True)"
+        details = "; ".join(f"{k}: checkpoint {f}, model {e}" for k, f, e in bad[:4])
+        raise CheckpointError(
+            f"checkpoint {source}: {len(bad)} tensor(s) do not fit the model ({details}); expected the same "
+            f"architecture (embed_dim, depth, mlp_ratio, patch_size, stem_channels) as the checkpoint{hint}"
+        )
+
+
+def _check_strict(report: LoadReport) -> None:
+    head_ok = set(_HEAD_KEYS)
+    problems = [f"missing {k}" for k in report.missing if k not in head_ok]
+    problems += [f"unexpected {k}" for k in report.unexpected]
+    problems += [f"dropped {k} ({why})" for k, why in report.dropped.items() if k not in head_ok]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {report.source} ({report.format} format): strict loading refused, {len(problems)} key(s) "
+            f"do not match: {_few(problems, 5)}; expected every key except the classifier head to load "
+            f"(pass strict=False to load anyway and read the report)"
+        )
