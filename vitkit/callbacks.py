@@ -16,24 +16,17 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 
+from .viz import pyplot as _plt
+from .viz import to_display
+
 log = logging.getLogger("vitkit")
 
 GalleryItem = tuple[float, torch.Tensor, str]  # (score, image (3, H, W), caption)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # --------------------------------------------------------------------------- training curves
@@ -213,18 +206,6 @@ class PredictionGallery(Callback):
 def _normalisation(trainer: pl.Trainer):
     hp = getattr(getattr(trainer, "datamodule", None), "hparams", {}) or {}
     return hp.get("mean"), hp.get("std")
-
-
-def to_display(image: torch.Tensor, mean=None, std=None) -> np.ndarray:
-    """(3, H, W) float tensor -> (H, W, 3) in [0, 1]: undo Normalize when mean/std are known, else min-max."""
-    img = image.detach().float().cpu()
-    if img.ndim == 3 and img.shape[0] in (1, 3) and mean is not None and std is not None:
-        img = img * torch.as_tensor(std).view(-1, 1, 1) + torch.as_tensor(mean).view(-1, 1, 1)
-    elif img.dtype != torch.uint8:
-        img = (img - img.min()) / (img.max() - img.min()).clamp(min=1e-8)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = img.permute(1, 2, 0)
-    return img.clamp(0, 1).numpy()
 
 
 def save_gallery(best: list, worst: list, path: Path, mean=None, std=None, title: str = "") -> Path:

@@ -9,14 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..viz import denormalise  # noqa: F401 - part of this module's interface
+from ..viz import pyplot as _plt
 
 
 def normalise(heatmap: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -30,14 +24,6 @@ def upsample(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.nd
     """(gh, gw) patch map -> (H, W) pixels, bilinear (patch centres keep their values)."""
     t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def denormalise(x: torch.Tensor, mean, std) -> np.ndarray:
-    """A normalised (3, H, W) tensor back to an (H, W, 3) uint8 image."""
-    mean = torch.as_tensor(mean, dtype=x.dtype).view(3, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype).view(3, 1, 1)
-    img = (x.detach().cpu() * std + mean).clamp(0, 1)
-    return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _overlay(ax, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> None:

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..viz import pyplot, to_display
 from .base import VitkitTask
 from .text import DECODING, TokenizerMixin, configure_adamw_cosine
 
@@ -54,12 +55,7 @@ def save_caption_sheet(images: list[torch.Tensor], captions: list[str], path: Pa
     """A PNG grid of images, each with its caption underneath."""
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..callbacks import to_display
+    plt = pyplot()
 
     rows = max(1, -(-len(images) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows), squeeze=False)

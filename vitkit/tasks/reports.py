@@ -8,6 +8,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..viz import pyplot
+
 
 def per_class_accuracy(matrix: torch.Tensor) -> torch.Tensor:
     """Recall per class from a confusion matrix (rows: true class, columns: predicted); NaN for absent classes."""
@@ -37,10 +39,7 @@ def per_class_table(matrix: torch.Tensor, class_names: list[str], csv_path: Path
 
 def save_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix as a PNG heatmap, with counts written in the cells when it is small."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = matrix.double()
     norm = (m / m.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
