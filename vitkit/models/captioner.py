@@ -32,7 +32,6 @@ def build_encoder(encoder: str, img_size: int | None, encoder_kwargs: dict[str, 
         raise ValueError(f"encoder {encoder!r} has no forward_features/embed_dim; expected a vitkit image encoder "
                          f"such as vit_nano_patch4_32 (vitkit.list_models())")
     if inner is not None:
-
         load_pretrained(model, inner, strict=True)
     return model
 

@@ -79,7 +79,6 @@ class DetrViT(nn.Module):
     def load_pretrained(self, checkpoint: str | os.PathLike):
         """Initialise the encoder from a timm/torchvision/transformers ViT checkpoint (its classifier is
         dropped, position embeddings resampled); the head stays at its initialisation. Returns the report."""
-
         return load_pretrained(self.encoder, checkpoint)
 
 

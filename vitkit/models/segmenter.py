@@ -119,7 +119,6 @@ def build_encoder(name: str, img_size: int | tuple[int, int], pretrained: str | 
         return create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
     encoder = VisionTransformer(img_size=img_size, **kwargs)
     if pretrained is not None:
-
         load_pretrained(encoder, pretrained)
     return encoder
 

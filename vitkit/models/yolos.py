@@ -113,7 +113,6 @@ class YOLOS(nn.Module):
         """Load a transformers `YolosForObjectDetection` checkpoint (folder or weights file; see
         `load_hf_yolos`), or initialise only the encoder from a plain ViT checkpoint (timm, torchvision,
         transformers ViT/DeiT: YOLOS's own recipe starts from DeiT weights). Returns what was loaded."""
-
         path = Path(checkpoint)
         weights = _weights_file(path) if path.is_dir() else path
         sd = load_checkpoint_file(weights)
