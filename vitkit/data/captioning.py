@@ -212,19 +212,7 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
         if self.hparams.train_json is None and not (given and trainer is not None and trainer.state.fn == "predict"):
             generate_shapes(self.hparams.root, self._shapes_config())  # not needed to predict on given images
 
-    # -- tokenizer (as in Seq2SeqDataModule): trained on the training text, given as a file, or restored --
-    @property
-    def file_tokenizer(self) -> TextTokenizer | None:
-        if self.hparams.tokenizer is not None and self._file_tokenizer is None:
-            self._file_tokenizer = TextTokenizer.from_file(self.hparams.tokenizer)
-        return self._file_tokenizer
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = self.file_tokenizer or self._train_tokenizer()
-        return self._tokenizer
-
+    # -- tokenizer (TokenizerState): trained on the training text, given as a file, or restored --
     def _train_tokenizer(self) -> TextTokenizer:
         texts = self._training_texts()
         tok = TextTokenizer.train(texts, self.hparams.vocab_size)

@@ -102,20 +102,6 @@ class Seq2SeqDataModule(TokenizerState, VitkitDataModule):
         source = self.hparams.train_file or f"embedded numbers/dates task in {self.hparams.root}"
         return f"{type(self).__name__}({source})"
 
-    @property
-    def file_tokenizer(self) -> TextTokenizer | None:
-        if self.hparams.tokenizer is not None and self._file_tokenizer is None:
-            self._file_tokenizer = TextTokenizer.from_file(self.hparams.tokenizer)
-        return self._file_tokenizer
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        """The tokenizer in use: restored from a checkpoint, loaded from `tokenizer`, or trained on the
-        training text (first use only)."""
-        if self._tokenizer is None:
-            self._tokenizer = self.file_tokenizer or self._train_tokenizer()
-        return self._tokenizer
-
     def _train_tokenizer(self) -> TextTokenizer:
         pairs = self._split_pairs("train")
         texts = (t for p in pairs for t in (p.source, p.target))

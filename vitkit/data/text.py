@@ -314,9 +314,26 @@ def adopt_tokenizer(state: dict, given: TextTokenizer | None, given_path: str | 
 
 
 class TokenizerState:
-    """Data-module mixin: the tokenizer travels with the checkpoint (`state_dict`), and a checkpoint's tokenizer
-    replaces the one trained or given here (`load_state_dict`, refusing a `data.tokenizer` file that differs),
-    after which the splits are encoded again. Needs `_tokenizer`, `file_tokenizer` and `forget_datasets()`."""
+    """Data-module mixin for the text data modules: the tokenizer in use (`tokenizer`: restored from a checkpoint,
+    read from `data.tokenizer`, or trained on the training text by the module's `_train_tokenizer()`, on first
+    use), kept in the checkpoint (`state_dict`); a checkpoint's tokenizer replaces the one trained or given here
+    (`load_state_dict`, refusing a `data.tokenizer` file that differs), after which the splits are encoded again.
+    Needs `_tokenizer` and `_file_tokenizer` (None at first) and `forget_datasets()`."""
+
+    @property
+    def file_tokenizer(self) -> TextTokenizer | None:
+        if self.hparams.tokenizer is not None and self._file_tokenizer is None:
+            self._file_tokenizer = TextTokenizer.from_file(self.hparams.tokenizer)
+        return self._file_tokenizer
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self.file_tokenizer or self._train_tokenizer()
+        return self._tokenizer
+
+    def _train_tokenizer(self) -> TextTokenizer:
+        raise NotImplementedError(f"{type(self).__name__}._train_tokenizer")
 
     def state_dict(self) -> dict:
         return {"tokenizer": self._tokenizer.state()} if self._tokenizer is not None else {}
