@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 
 from .viz import pyplot as _plt
-from .viz import to_display
+from .viz import save_figure, to_display
 
 log = logging.getLogger("vitkit")
 
@@ -89,11 +89,7 @@ def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path | No
         ax.legend(fontsize=7)
     run = Path(metrics_csv).resolve().parent
     fig.suptitle(f"{run.parent.name}/{run.name}")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class TrainingCurves(Callback):
@@ -222,10 +218,4 @@ def save_gallery(best: list, worst: list, path: Path, mean=None, std=None, title
             ax.set_title(f"{caption}\nscore {score:.2f}", fontsize=7, color=colour)
         axes[r, 0].text(-0.15, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right",
                         fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)

@@ -34,3 +34,19 @@ def denormalise(x: torch.Tensor, mean, std) -> np.ndarray:
     std = torch.as_tensor(std, dtype=x.dtype).view(3, 1, 1)
     img = (x.detach().cpu() * std + mean).clamp(0, 1)
     return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_figure(fig, path, title: str | None = None, tight: bool = True):
+    """Write a matplotlib figure as a 100-dpi PNG (its folder created), with an optional title over it, and
+    close it; returns the path."""
+    from pathlib import Path
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if tight:
+        fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path

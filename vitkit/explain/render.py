@@ -9,7 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..viz import denormalise  # noqa: F401 - part of this module's interface
+from ..viz import (
+    denormalise,  # noqa: F401 - part of this module's interface
+    save_figure,
+)
 from ..viz import pyplot as _plt
 
 
@@ -133,8 +136,4 @@ def save_maps(stem: str | Path, heatmap: np.ndarray | torch.Tensor, layers: np.n
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, tight=False)

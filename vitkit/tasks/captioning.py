@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ..viz import pyplot, to_display
+from ..viz import pyplot, save_figure, to_display
 from .base import VitkitTask
 from .text import DECODING, TokenizerMixin, configure_adamw_cosine
 
@@ -64,13 +64,7 @@ def save_caption_sheet(images: list[torch.Tensor], captions: list[str], path: Pa
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(to_display(image, mean, std), interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(caption, 30)) or "(empty)", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def _normalisation(module: pl.LightningModule):

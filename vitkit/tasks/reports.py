@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..viz import pyplot
+from ..viz import pyplot, save_figure
 
 
 def per_class_accuracy(matrix: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,4 @@ def save_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Pa
     ax.set_ylabel("true")
     acc = m.diagonal().sum() / m.sum().clamp(min=1)
     ax.set_title(f"Confusion matrix (test accuracy {acc:.2%})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
