@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vitkit.data import ClassificationDataModule, choose_folder_pipeline, image_stats, write_image_folder
-from vitkit.errors import ConfigError, CorruptImageError
+from vitkit.errors import ConfigError, CorruptImageError, DataError
 
 
 def _write_folder(root, size: tuple[int, int], mode: str, per_class: int = 6, classes: int = 2) -> None:
@@ -183,3 +183,17 @@ def test_the_readme_command_trains_a_folder_of_digit_pngs_with_data_flags_only(d
     assert ckpt["ClassificationDataModule"] == {"folder_pipeline": "small-gray"}
     transform, _, _ = eval_pipeline(ckpt, (16, 16))
     assert _names(transform) == ["Resize", "Resize", "Normalize", "ToTensorV2"]
+
+
+def test_a_folder_of_unreadable_files_is_one_clear_error_naming_it(tmp_path):
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "train" / c)
+        for i in range(3):
+            (tmp_path / "train" / c / f"{i}.png").write_bytes(b"not an image")
+    dm = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=16, val_fraction=0.34)
+    with pytest.raises(CorruptImageError, match=r"train/a/\d\.png: cannot decode image .*data.skip_corrupt: true"):
+        dm.setup("fit")
+    skip = ClassificationDataModule("imagefolder", root=str(tmp_path), img_size=16, val_fraction=0.34,
+                                    skip_corrupt=True)
+    with pytest.raises(DataError, match=r"train: all 6 images are unreadable \(data.skip_corrupt: true dropped them\)"):
+        skip.setup("fit")

@@ -439,7 +439,11 @@ class ClassificationDataModule(VitkitDataModule):
             if self._label_map is not None:  # data.classes: keep the chosen classes, relabelled
                 keep = self._label_map
                 samples = [(path, int(keep[label])) for path, label in samples if keep[label] >= 0]
-            self._folders[name] = self._drop_unreadable(samples)
+            kept = self._drop_unreadable(samples)
+            if samples and not kept:
+                raise DataError(f"{os.path.join(self.hparams.root, name)}: all {len(samples)} images are unreadable "
+                                "(data.skip_corrupt: true dropped them); expected at least one readable image")
+            self._folders[name] = kept
         return self._folders[name]
 
     def _drop_unreadable(self, samples: list[Sample]) -> list[Sample]:

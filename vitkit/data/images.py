@@ -153,8 +153,9 @@ def image_stats(paths: Sequence[str], sample: int = 512, decode: int = 32, seed:
         headers = [h for h in pool.map(_header, chosen) if h is not None]
         colour = [p for p, mode, _ in headers if mode not in _GRAY_MODES][:decode]
         gray_decoded = all(pool.map(_is_gray, colour))
-    if not headers:
-        raise CorruptImageError(f"{os.path.dirname(paths[0])}: none of {len(chosen)} sampled images can be read")
+    if not headers:  # not one sampled file opens: the first one's own error names it and says how to skip
+        load_rgb(chosen[0])
+        raise CorruptImageError(f"{chosen[0]}: cannot be opened; expected a readable image file. {SKIP_HINT}")
     sizes = np.array([size for _, _, size in headers])  # (n, 2) width, height
     modes: dict[str, int] = {}
     for _, mode, _ in headers:
