@@ -356,7 +356,7 @@ def test_task_refuses_a_classifier_and_wrong_class_names():
 
 def test_encoder_gets_its_own_learning_rate():
     task = ObjectDetector(model_kwargs=TINY_DETR, lr=1e-3, encoder_lr_scale=0.1, weight_decay=0.05)
-    groups = task._param_groups()
+    groups = task.param_groups()
     names = {id(p): n for n, p in task.model.named_parameters()}
     for g in groups:
         for p in g["params"]:

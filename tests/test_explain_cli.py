@@ -20,6 +20,7 @@ from vitkit.data import load_rgb
 from vitkit.explain import explain_classifier
 from vitkit.explain.command import load_task
 from vitkit.explain.tasks import eval_pipeline
+from vitkit.tasks.classification import classification_items
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs/classification/vit_tiny_digits.yaml")
@@ -137,7 +138,8 @@ def test_gallery_keeps_the_most_and_least_confident_in_the_true_class(tmp_path):
     gallery = PredictionGallery(k=2)
     trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path),
                               datamodule=None)
-    module = SimpleNamespace(class_names=["a", "b", "c"])
+    names = ["a", "b", "c"]
+    module = SimpleNamespace(gallery_items=lambda batch, outputs: classification_items(outputs, batch, names))
     gallery.on_test_epoch_start(trainer, module)
     p_true = [0.9, 0.2, 0.6, 0.05, 0.99, 0.4]  # probability of the true class (class 0) per image
     for start in (0, 3):  # two batches of three

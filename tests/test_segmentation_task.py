@@ -229,8 +229,8 @@ def test_class_weights_and_ignored_pixels_in_the_loss():
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
     target[0, :4] = 255
     expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 0.5]), ignore_index=255)
-    torch.testing.assert_close(task._loss(logits, target), expected)
-    assert task._loss(logits, torch.full_like(target, 255)) == 0, "an all-ignored batch gives 0, not NaN"
+    torch.testing.assert_close(task.pixel_loss(logits, target), expected)
+    assert task.pixel_loss(logits, torch.full_like(target, 255)) == 0, "an all-ignored batch gives 0, not NaN"
 
 
 # --------------------------------------------------------------------------- data

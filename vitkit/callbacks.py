@@ -1,10 +1,9 @@
 """Reports as pictures, next to the run's logs (trainer.log_dir): training curves plotted from the CSV
 logger's metrics.csv at the end of `fit`, and a gallery of the best and worst test predictions.
 
-Both are in the CLI's default callbacks. A task shows its own kind of prediction in the gallery by
-defining `gallery_items(batch, outputs) -> [(score, image (3, H, W), caption)]` (higher score: better);
-without it, a task whose `test_step` returns logits (B, K) for a batch `(images, labels)` is treated as a
-classifier (score: probability of the true class).
+Both are in the CLI's default callbacks. A task shows its kind of prediction in the gallery through
+`VitkitTask.gallery_items(batch, outputs) -> [(score, image (3, H, W), caption)]` (higher score: better; None:
+no gallery), `outputs` being what its `test_step` returned.
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from .viz import save_figure, to_display
 
 log = logging.getLogger("vitkit")
 
-GalleryItem = tuple[float, torch.Tensor, str]  # (score, image (3, H, W), caption)
 
 
 # --------------------------------------------------------------------------- training curves
@@ -118,36 +116,9 @@ class TrainingCurves(Callback):
 
 
 # --------------------------------------------------------------------------- test gallery
-def classification_items(outputs, batch, class_names: list[str] | None) -> list[GalleryItem] | None:
-    """Score each test image by the probability of its true class; None if this is not a classification batch."""
-    if (
-        not isinstance(outputs, torch.Tensor)
-        or outputs.ndim != 2
-        or not isinstance(batch, (list, tuple))
-        or len(batch) != 2
-    ):
-        return None
-    x, y = batch
-    if (
-        not isinstance(y, torch.Tensor)
-        or y.ndim != 1
-        or y.dtype not in (torch.int64, torch.int32)
-        or len(y) != len(outputs)
-    ):
-        return None
-    probs = outputs.detach().float().softmax(dim=-1)
-    pred = probs.argmax(dim=-1)
-    p_true = probs.gather(1, y[:, None]).squeeze(1)
-    names = class_names or [str(i) for i in range(outputs.shape[1])]
-    return [
-        (float(p_true[i]), x[i], f"true {names[int(y[i])]}\npred {names[int(pred[i])]} {float(probs[i, pred[i]]):.0%}")
-        for i in range(len(y))
-    ]
-
-
 class PredictionGallery(Callback):
     """After `test`, the `k` best and `k` worst predictions as `<trainer.log_dir>/test_gallery.png` (two rows:
-    best, worst), scored by the task's `gallery_items` or, for classifiers, the probability of the true class."""
+    best, worst), scored by the task's `gallery_items`."""
 
     def __init__(self, k: int = 8, filename: str = "test_gallery.png") -> None:
         if k < 1:
@@ -168,10 +139,7 @@ class PredictionGallery(Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self._supported:
             return
-        if hasattr(pl_module, "gallery_items"):
-            items = pl_module.gallery_items(batch, outputs)
-        else:
-            items = classification_items(outputs, batch, getattr(pl_module, "class_names", None))
+        items = pl_module.gallery_items(batch, outputs) if hasattr(pl_module, "gallery_items") else None
         if items is None:
             self._supported = False
             log.debug("test gallery: %s gives no gallery items", type(pl_module).__name__)

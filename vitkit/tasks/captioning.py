@@ -2,7 +2,6 @@
 with COCO's BLEU-4 and CIDEr-D (Vedantam et al. 2015); caption sheets and a best/worst gallery."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 
 from ..viz import pyplot, save_figure, to_display
 from .base import VitkitTask
-from .text import DECODING, TokenizerMixin, configure_adamw_cosine
+from .text import DECODING, TokenizerMixin
 
 log = logging.getLogger("vitkit")
 
@@ -102,6 +101,7 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
         sheet_images: how many images the PNG sheets show.
     """
 
+    batch_key = "images"
     runtime_hparams = (*DECODING, "sheet_images")
 
     def __init__(
@@ -154,11 +154,6 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
         return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=self.hparams.pad_id,
                                label_smoothing=self.hparams.label_smoothing)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
-        return loss
-
     def caption(self, images: torch.Tensor) -> list[str]:
         d = self.decoding
         ids = self.model.generate(images, d["max_new_tokens"] or self.hparams.max_len - 1, d["beam_size"],
@@ -182,9 +177,6 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
 
     def on_validation_epoch_start(self) -> None:
         self._rows = []
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -216,39 +208,36 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
                                 [{"image_id": r["image_id"], "caption": r["caption"]} for r in self._rows])
 
     def _write_outputs(self, name: str, rows: list[dict]) -> None:
-        """<run>/<name>.json and, with the kept images (on rank 0), the sheet <run>/test_captions.png or
-        captions.png."""
-        out = self.run_dir()
-        (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+        """<run>/<name>.json and the sheet of kept images."""
+        path = self.run_dir() / f"{name}.json"
+        path.write_text(json.dumps(rows, indent=1))
+        log.info("%d captions written to %s", len(rows), path)
+        self._save_sheet(name)
+
+    def _save_sheet(self, name: str) -> None:
+        """With kept images (on rank 0), the sheet <run>/test_captions.png (test) or captions.png (predict)."""
         if self._sheet and self.global_rank == 0:
-            sheet = out / ("test_captions.png" if name == "test_captions" else "captions.png")
+            sheet = self.run_dir() / ("test_captions.png" if name == "test_captions" else "captions.png")
             mean, std = _normalisation(self)
             save_caption_sheet([i for i, _ in self._sheet], [c for _, c in self._sheet], sheet, mean, std,
                                f"{type(self).__name__}: {name.replace('_', ' ')}")
-        log.info("%d captions written to %s", len(rows), out / f"{name}.json")
 
     # -- prediction --
     def on_predict_epoch_start(self) -> None:
-        self._rows, self._sheet = [], []
+        super().on_predict_epoch_start()
+        self._sheet = []
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         hyps = self.caption(batch["images"])
-        rows = [{"path": str(p), "caption": h} for p, h in zip(batch["path"], hyps)]
-        self._rows += rows
         self._keep_for_sheet(batch["images"], hyps)
-        return rows
+        return [{"path": str(p), "caption": h} for p, h in zip(batch["path"], hyps)]
 
-    def on_predict_epoch_end(self) -> None:
-        self._write_outputs(self.output_path("predictions").name, self._rows)  # each process has its share
-        with open(self.output_path("predictions.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "caption"])
-            w.writerows([r["path"], r["caption"]] for r in self._rows)
+    def write_predictions(self, rows: list[dict]) -> Path:
+        path = super().write_predictions(rows)  # predictions.json and .csv (path, caption)
+        self._save_sheet("predictions")
+        return path
 
     def explainers(self) -> dict:
         from ..explain.tasks import explain_captioning
 
         return {"cross": explain_captioning}
-
-    def configure_optimizers(self):
-        return configure_adamw_cosine(self, self.model)

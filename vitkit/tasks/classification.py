@@ -3,8 +3,6 @@ AdamW and warm-up + cosine (the DeiT recipe, Touvron et al. 2021), evaluated wit
 fine-tuning options (freezing, Mixup/CutMix, weight EMA, gradient checkpointing, torch.compile) from YAML."""
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from ..errors import ConfigError
 from ..models import create_model
-from .base import VitkitTask
+from .base import GalleryItem, VitkitTask
 from .finetune import BatchMixer, WeightEMA, freeze_
-from .optim import build_adamw, schedule_steps, warmup_cosine_scheduler
 from .reports import per_class_table, save_confusion_matrix
 
 log = logging.getLogger("vitkit")
@@ -44,6 +41,7 @@ class ImageClassifier(WeightEMA, VitkitTask):
         betas: AdamW betas.
         layer_decay: layer-wise learning-rate decay factor (None: off).
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        warmup_steps: linear warm-up length in optimiser steps instead (wins when set).
         min_lr_ratio: final learning rate as a fraction of ``lr`` at the end of the cosine.
         label_smoothing: cross-entropy label smoothing.
         top_k: how many labels ``predict`` returns per image, and the k of ``acc_top5``-style accuracy.
@@ -78,6 +76,7 @@ class ImageClassifier(WeightEMA, VitkitTask):
         betas: tuple[float, float] = (0.9, 0.999),
         layer_decay: float | None = None,
         warmup_epochs: float = 5.0,
+        warmup_steps: int | None = None,
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         top_k: int = 5,
@@ -115,16 +114,13 @@ class ImageClassifier(WeightEMA, VitkitTask):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        self._predictions: list[dict] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     # -- training and evaluation --
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self.training_loss(*batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    def loss(self, batch) -> torch.Tensor:
+        return self.training_loss(*batch)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Label-smoothed cross-entropy, or soft-target cross-entropy on a Mixup/CutMix batch."""
@@ -133,21 +129,20 @@ class ImageClassifier(WeightEMA, VitkitTask):
         x, target = self.mixer(x, y)  # (B, C, H, W), (B, K) soft targets
         return self.soft_ce(self(x), target)
 
-    def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _evaluate(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), prog_bar=stage == "val", sync_dist=True)
         metrics.update(logits, y)
         self.log_dict(metrics, prog_bar=stage == "val")
-        return logits
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        logits = self._evaluate(batch, "test", self.test_metrics)
-        self.test_confusion.update(logits, batch[1])
+        if stage == "test":
+            self.test_confusion.update(logits, y)
         return logits  # for callbacks (the test gallery)
+
+    def gallery_items(self, batch, outputs: torch.Tensor):
+        """Each test image scored by the probability of its true class."""
+        return classification_items(outputs, batch, self.class_names)
 
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().cpu()
@@ -166,42 +161,49 @@ class ImageClassifier(WeightEMA, VitkitTask):
         x, paths = batch
         probs = self(x).softmax(dim=-1)
         top_p, top_i = probs.topk(self.k, dim=-1)
-        rows = [
+        return [
             {"path": str(p), "labels": [self.class_names[i] for i in idx], "probs": [round(v, 6) for v in pr]}
             for p, idx, pr in zip(paths, top_i.tolist(), top_p.tolist())
         ]
-        self._predictions.extend(rows)
-        return rows
 
-    def on_predict_epoch_start(self) -> None:
-        self._predictions = []
-
-    def on_predict_epoch_end(self) -> None:
-        csv_path, json_path = self.output_path("predictions.csv"), self.output_path("predictions.json")
-        write_predictions(self._predictions, csv_path, json_path)
-        log.info("%d predictions written to %s", len(self._predictions), csv_path)
+    def prediction_table(self, rows: list[dict]) -> list[dict]:
+        """One CSV row per image: path, label_1, prob_1, ..., label_k, prob_k."""
+        table = []
+        for r in rows:
+            row = {"path": r["path"]}
+            for i, (label, prob) in enumerate(zip(r["labels"], r["probs"]), 1):
+                row[f"label_{i}"], row[f"prob_{i}"] = label, prob
+            table.append(row)
+        return table
 
     def explainers(self) -> dict:
         from ..explain.tasks import explain_classification
 
         return dict.fromkeys(("rollout", "attention", "grad"), explain_classification)
 
-    # -- optimisation --
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
-        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-def write_predictions(rows: list[dict], csv_path: Path, json_path: Path) -> None:
-    """One CSV row per image (path, label_1, prob_1, ..., label_k, prob_k) and the same as JSON."""
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    k = max((len(r["labels"]) for r in rows), default=0)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"prob_{i}")])
-        for r in rows:
-            w.writerow([r["path"]] + [c for pair in zip(r["labels"], r["probs"]) for c in pair])
-    json_path.write_text(json.dumps(rows, indent=1))
+def classification_items(outputs, batch, class_names: list[str] | None) -> list[GalleryItem] | None:
+    """Score each test image by the probability of its true class; None if this is not a classification batch."""
+    if (
+        not isinstance(outputs, torch.Tensor)
+        or outputs.ndim != 2
+        or not isinstance(batch, (list, tuple))
+        or len(batch) != 2
+    ):
+        return None
+    x, y = batch
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.ndim != 1
+        or y.dtype not in (torch.int64, torch.int32)
+        or len(y) != len(outputs)
+    ):
+        return None
+    probs = outputs.detach().float().softmax(dim=-1)
+    pred = probs.argmax(dim=-1)
+    p_true = probs.gather(1, y[:, None]).squeeze(1)
+    names = class_names or [str(i) for i in range(outputs.shape[1])]
+    return [
+        (float(p_true[i]), x[i], f"true {names[int(y[i])]}\npred {names[int(pred[i])]} {float(probs[i, pred[i]]):.0%}")
+        for i in range(len(y))
+    ]

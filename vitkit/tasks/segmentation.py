@@ -4,7 +4,7 @@ poly decay (layer-wise lr decay as for classification), sliding-window inference
 training crop, optional multi-scale + flip test, dataset-wide mIoU, per-class table and PNG overlays."""
 from __future__ import annotations
 
-import json
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,6 @@ from pytorch_lightning.utilities import rank_zero_only
 from ..errors import ConfigError
 from ..models.segmenter import create_segmenter, sliding_window_logits
 from .base import VitkitTask
-from .optim import build_adamw, param_groups, schedule_steps, warmup_cosine_scheduler
 from .seg_metrics import (
     colorize,
     confusion_metric,
@@ -165,7 +164,7 @@ class SemanticSegmenter(VitkitTask):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
 
     # -- training --
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: dict) -> torch.Tensor:
         x, y = batch["image"], batch["mask"]
         if isinstance(x, list):
             sizes = sorted({tuple(t.shape[-2:]) for t in x})
@@ -173,11 +172,9 @@ class SemanticSegmenter(VitkitTask):
                 f"data.train_transforms: training images come in sizes {sizes[:4]}; expected every crop to be "
                 f"{self.window[0]}x{self.window[1]} (img_size): end the pipeline with PadIfNeeded + RandomCrop"
             )
-        loss = self._loss(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return self.pixel_loss(self(x), y)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def pixel_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the labelled pixels; a batch with none gives 0 (not NaN)."""
         if not (target != self.hparams.ignore_index).any():
             return logits.sum() * 0.0
@@ -203,24 +200,25 @@ class SemanticSegmenter(VitkitTask):
         for i, image in enumerate(x):
             yield image[None], None if y is None else y[i][None], paths[i : i + 1]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        for x, y, _ in self._items(batch):
-            logits = self.segment(x)
-            self.log("val/loss", self._loss(logits, y), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
-            self.val_confusion.update(logits.argmax(dim=1), y)
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        """Validation: one sliding-window pass (loss and confusion); test: the configured scales and flip, and the
+        first `num_visualize` overlays drawn."""
+        hp = self.hparams
+        for x, y, paths in self._items(batch):
+            if stage == "val":
+                logits = self.segment(x)
+                self.log("val/loss", self.pixel_loss(logits, y), prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+                self.val_confusion.update(logits.argmax(dim=1), y)
+            else:
+                pred = self.segment(x, hp.test_scales, hp.test_flip).argmax(dim=1)  # (B, H, W)
+                self.test_confusion.update(pred, y)
+                self._draw(paths, pred, y, "test_samples")
 
     def on_validation_epoch_end(self) -> None:
         scores = scores_from_confusion(self.val_confusion.compute())
         self.val_confusion.reset()
         self.log_dict({"val/mIoU": scores.miou, "val/pixel_acc": scores.pixel_acc, "val/mAcc": scores.macc},
                       prog_bar=True)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        hp = self.hparams
-        for x, y, paths in self._items(batch):
-            pred = self.segment(x, hp.test_scales, hp.test_flip).argmax(dim=1)  # (B, H, W)
-            self.test_confusion.update(pred, y)
-            self._draw(paths, pred, y, "test_samples")
 
     def on_test_epoch_start(self) -> None:
         self._drawn = 0
@@ -239,7 +237,8 @@ class SemanticSegmenter(VitkitTask):
 
     # -- prediction --
     def on_predict_epoch_start(self) -> None:
-        self._drawn, self._predictions = 0, []
+        super().on_predict_epoch_start()
+        self._drawn = 0
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         hp = self.hparams
@@ -256,14 +255,13 @@ class SemanticSegmenter(VitkitTask):
                              "fractions": {self.class_names[k]: round(float(v), 6)
                                            for k, v in enumerate(counts) if v > 0}})
             self._draw(paths, pred, None, "predictions/overlays")
-        self._predictions.extend(rows)
         return rows
 
-    def on_predict_epoch_end(self) -> None:
-        path = self.output_path("predictions.json")
-        path.write_text(json.dumps(self._predictions, indent=1))
-        log.info("%d predicted masks written to %s (index PNGs; overlays/ for the first %d)", len(self._predictions),
+    def write_predictions(self, rows: list[dict]) -> Path:
+        path = super().write_predictions(rows)
+        log.info("%d predicted masks written to %s (index PNGs; overlays/ for the first %d)", len(rows),
                  path.parent / "predictions", self.hparams.num_visualize)
+        return path
 
     # -- pictures --
     @staticmethod
@@ -301,24 +299,17 @@ class SemanticSegmenter(VitkitTask):
 
         return {"rollout": explain_segmentation}
 
-    def configure_optimizers(self):
+    def build_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.hparams.lr, momentum=self.hparams.momentum)
+        return super().build_optimizer(groups)
+
+    def lr_lambda(self, warmup: int, total: int):
         hp = self.hparams
-        if hp.optimizer == "adamw":
-            optimizer = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        else:
-            groups = param_groups(self.model, hp.weight_decay, hp.layer_decay)
-            for g in groups:
-                g["lr"] = hp.lr * g.get("lr_scale", 1.0)
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
-        if hp.warmup_steps is not None:
-            warmup = min(total, hp.warmup_steps)
         if hp.schedule == "cosine":
-            scheduler = warmup_cosine_scheduler(optimizer, max(1, warmup), total, hp.min_lr_ratio)
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: warmup_poly(step, warmup, total, hp.poly_power, hp.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            return super().lr_lambda(max(1, warmup), total)
+        return functools.partial(warmup_poly, warmup_steps=warmup, total_steps=total, power=hp.poly_power,
+                                 min_lr_ratio=hp.min_lr_ratio)
 
 
 def warmup_poly(step: int, warmup_steps: int, total_steps: int, power: float = 0.9, min_lr_ratio: float = 0.0) -> float:

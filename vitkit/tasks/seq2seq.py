@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -15,7 +16,7 @@ from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
 from ..errors import ConfigError
 from .base import VitkitTask
-from .text import DECODING, TokenizerMixin, build_text_model, configure_adamw_cosine, write_lines
+from .text import DECODING, TokenizerMixin, build_text_model, write_lines
 
 log = logging.getLogger("vitkit")
 
@@ -58,6 +59,7 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
     saved as hyper-parameters, so ``test``/``predict --ckpt_path`` use the values given then.
     """
 
+    batch_key = "src"
     runtime_hparams = DECODING
 
     def __init__(
@@ -114,11 +116,6 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=self.hparams.pad_id,
                                label_smoothing=self.hparams.label_smoothing)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["src"]))
-        return loss
-
     # -- decoding --
     @torch.no_grad()
     def generate_ids(self, src: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
@@ -148,7 +145,8 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         return outputs
 
     # -- evaluation --
-    def _evaluate(self, batch: dict, stage: str, metrics: torch.nn.ModuleDict) -> list[str]:
+    def _evaluate(self, batch: dict, stage: str) -> list[str]:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
         B = len(batch["src"])
         self.log(f"{stage}/loss", self.loss(batch), prog_bar=stage == "val", batch_size=B, sync_dist=True)
         hyps = [self.tokenizer.decode(row) for row in self.generate_ids(batch["src"]).tolist()]
@@ -168,9 +166,6 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         for m in metrics.values():
             m.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
 
@@ -178,7 +173,7 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         self._outputs = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        hyps = self._evaluate(batch, "test", self.test_metrics)
+        hyps = self._evaluate(batch, "test")
         self._outputs += [{"source": s, "reference": r, "output": h}
                           for s, r, h in zip(batch["source"], batch["target"], hyps)]
 
@@ -197,9 +192,6 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         log.info("test outputs written to %s", path)
 
     # -- prediction --
-    def on_predict_epoch_start(self) -> None:
-        self._outputs = []
-
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         src = batch["src"]
         has_text = (src != self.hparams.pad_id).any(dim=1)  # empty input lines get empty outputs
@@ -208,16 +200,15 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
             rows = self.generate_ids(src[has_text]).tolist()
             for i, row in zip(has_text.nonzero().flatten().tolist(), rows):
                 outputs[i] = self.tokenizer.decode(row)
-        rows = [{"line": n, "source": s, "output": o} for n, s, o in zip(batch["line"], batch["source"], outputs)]
-        self._outputs += rows
-        return rows
+        return [{"line": n, "source": s, "output": o} for n, s, o in zip(batch["line"], batch["source"], outputs)]
 
-    def on_predict_epoch_end(self) -> None:
-        rows = sorted(self._outputs, key=lambda r: r["line"])
-        write_lines([r["output"] for r in rows], str(self.output_path("predictions.txt")), "outputs")
+    def write_predictions(self, rows: list[dict]) -> Path:
+        """`predictions.txt` (one output per input line, in input order), `predictions.jsonl` (line, source,
+        output) and, with `predict_output`, the outputs there too ("-": standard output)."""
+        rows = sorted(rows, key=lambda r: r["line"])
+        path = self.output_path("predictions.txt")
+        write_lines([r["output"] for r in rows], str(path), "outputs")
         self.output_path("predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if self.predict_output:
             write_lines([r["output"] for r in rows], self.predict_output, "outputs")
-
-    def configure_optimizers(self):
-        return configure_adamw_cosine(self, self.model)
+        return path

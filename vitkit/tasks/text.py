@@ -12,15 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..data.text import TextTokenizer, adopt_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model
 from .base import VitkitTask
-from .optim import build_adamw, warmup_cosine_scheduler
 
 log = logging.getLogger("vitkit")
 
@@ -94,15 +91,6 @@ def check_tokenizer_fits(tok: TextTokenizer, hp) -> None:
     if theirs != ours:
         raise CheckpointError(f"tokenizer ({tok.origin}) has special ids {theirs}; the model was built with {ours}. "
                               f"Use the tokenizer the model was trained with")
-
-
-def configure_adamw_cosine(module: pl.LightningModule, model: torch.nn.Module):
-    """AdamW (no decay on norms/biases/positions) with linear warm-up over `warmup_steps` and a cosine."""
-    hp = module.hparams
-    optimizer = build_adamw(model, hp.lr, hp.weight_decay, hp.betas)
-    total = int(module.trainer.estimated_stepping_batches)
-    scheduler = warmup_cosine_scheduler(optimizer, min(total, max(1, hp.warmup_steps)), total, hp.min_lr_ratio)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def build_text_model(name: str, family_kwargs: dict, model_kwargs: dict | None, field: str = "model.init_args"):

@@ -2,8 +2,6 @@
 2021), scored with VQA accuracy overall and per answer type (Antol et al. 2015)."""
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections import Counter
 from typing import Any
@@ -15,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from ..errors import ConfigError
 from .base import VitkitTask
-from .text import TokenizerMixin, configure_adamw_cosine
+from .text import TokenizerMixin
 
 log = logging.getLogger("vitkit")
 
@@ -66,6 +64,7 @@ class VisualQA(TokenizerMixin, VitkitTask):
         compile: ``torch.compile`` the model in place for training.
     """
 
+    batch_key = "images"
     monitor, monitor_mode = "val/vqa_acc", "max"
 
     def __init__(
@@ -108,7 +107,6 @@ class VisualQA(TokenizerMixin, VitkitTask):
         self.maybe_compile(compile, compile_backend, self.model)
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
         self.type_acc = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in ("val", "test") for t in ANSWER_TYPES})
-        self._rows: list[dict] = []
 
     def train(self, mode: bool = True) -> VisualQA:
         """A frozen encoder stays in eval mode while the rest trains: its dropout is off and its BatchNorm
@@ -121,24 +119,24 @@ class VisualQA(TokenizerMixin, VitkitTask):
     def forward(self, images: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         return self.model(images, question)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: dict) -> torch.Tensor:
+        return self.answer_loss(self(batch["images"], batch["question"]), batch["label"])
+
+    def answer_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the answers that are classes (-1: an answer outside the vocabulary)."""
         if not bool((labels >= 0).any()):  # no answer of this batch is a known class
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=self.hparams.label_smoothing)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["images"], batch["question"]), batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
-        return loss
 
     def _answer(self, logits: torch.Tensor) -> tuple[list[str], list[float]]:
         probs = logits.float().softmax(dim=-1)
         p, idx = probs.max(dim=-1)
         return [self.class_names[i] for i in idx.tolist()], p.tolist()
 
-    def _evaluate(self, batch: dict, stage: str, metric: MeanMetric) -> list[str]:
+    def _evaluate(self, batch: dict, stage: str) -> list[str]:
+        metric = self.val_acc if stage == "val" else self.test_acc
         logits = self(batch["images"], batch["question"])
-        self.log(f"{stage}/loss", self._loss(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
+        self.log(f"{stage}/loss", self.answer_loss(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
         answers, _ = self._answer(logits)
         scores = torch.tensor([vqa_score(a, r) for a, r in zip(answers, batch["answers"])], device=self.device)
         metric.update(scores)
@@ -150,35 +148,12 @@ class VisualQA(TokenizerMixin, VitkitTask):
             self.log(f"{stage}/vqa_acc_{t}", by_type)
         return answers
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
-
-    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
-        return self._evaluate(batch, "test", self.test_acc)
-
     def gallery_items(self, batch: dict, outputs: list[str]):
         """Best/worst test answers for the CLI's gallery, scored by VQA accuracy."""
         return [(vqa_score(a, r), img, f"{q}\n{a} (true: {r[0] if r else '?'})")
                 for img, q, a, r in zip(batch["images"], batch["question_text"], outputs, batch["answers"])]
 
-    def on_predict_epoch_start(self) -> None:
-        self._rows = []
-
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers, probs = self._answer(self(batch["images"], batch["question"]))
-        rows = [{"image": str(p), "question": q, "answer": a, "prob": round(pr, 6)}
+        return [{"image": str(p), "question": q, "answer": a, "prob": round(pr, 6)}
                 for p, q, a, pr in zip(batch["path"], batch["question_text"], answers, probs)]
-        self._rows += rows
-        return rows
-
-    def on_predict_epoch_end(self) -> None:
-        csv_path = self.output_path("predictions.csv")
-        self.output_path("predictions.json").write_text(json.dumps(self._rows, indent=1))
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["image", "question", "answer", "prob"])
-            w.writeheader()
-            w.writerows(self._rows)
-        log.info("%d answers written to %s", len(self._rows), csv_path)
-
-    def configure_optimizers(self):
-        return configure_adamw_cosine(self, self.model)

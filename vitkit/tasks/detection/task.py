@@ -19,7 +19,6 @@ from ...models import create_model
 from ..base import VitkitTask
 from ..finetune import WeightEMA
 from ..matcher import HungarianMatcher
-from ..optim import adamw, schedule_steps, warmup_cosine_scheduler
 from .coco import COCO_KEYS, coco_results, coco_table
 from .criterion import SetCriterion, Target
 from .postprocess import postprocess
@@ -49,6 +48,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
         encoder_lr_scale: the encoder's learning rate relative to `lr` (DETR: 0.1 for a pretrained backbone).
         weight_decay: AdamW weight decay (not on norms, biases, tokens, position embeddings, anchors).
         warmup_epochs: linear warm-up in epochs (fractions allowed).
+        warmup_steps: linear warm-up length in optimiser steps instead (wins when set).
         min_lr_ratio: final learning rate as a fraction of the peak.
         cost_class, cost_bbox, cost_giou: Hungarian matching costs (DETR: 1, 5, 2).
         ce_weight, bbox_weight, giou_weight: loss weights (DETR: 1, 5, 2).
@@ -81,6 +81,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
+        warmup_steps: int | None = None,
         min_lr_ratio: float = 0.01,
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
@@ -128,18 +129,16 @@ class ObjectDetector(WeightEMA, VitkitTask):
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=map_backend)
         self._results: list[dict] = []
         self._drawn: list[tuple] = []
-        self._predictions: list[dict] = []
 
     def forward(self, images: torch.Tensor, targets: list[Target] | None = None) -> dict:
         return self.net(images, targets)
 
     # -- training --
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        """DETR's set loss: the total and its class, L1-box and GIoU parts."""
         images, targets = batch
         losses = self.criterion(self(images, targets), targets, self._num_boxes(targets))
-        self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log_dict({f"train/loss_{k}": losses[k] for k in ("ce", "bbox", "giou")})
-        return losses["loss"]
+        return {k: losses[k] for k in ("loss", "ce", "bbox", "giou")}
 
     def _num_boxes(self, targets: list[Target]) -> float:
         """Target boxes per process, averaged over processes (DETR normalises the box losses by it)."""
@@ -149,14 +148,9 @@ class ObjectDetector(WeightEMA, VitkitTask):
         return max(1.0, float(n))
 
     # -- evaluation --
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_map)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_map)
-
-    def _evaluate(self, batch, stage: str, metric: MeanAveragePrecision) -> None:
+    def _evaluate(self, batch, stage: str) -> None:
         images, targets = batch
+        metric = self.val_map if stage == "val" else self.test_map
         out = self(images)
         self.log(f"{stage}/loss", self.criterion(out, targets)["loss"], sync_dist=True, batch_size=len(targets))
         preds = self.predict_boxes(out, targets, images.shape[-1])
@@ -228,17 +222,16 @@ class ObjectDetector(WeightEMA, VitkitTask):
                 {"label": self.class_names[c], "category_id": category_ids[c], "score": round(s, 5),
                  "bbox": [round(v, 2) for v in b]}
                 for b, s, c in zip(xywh, p["scores"][keep].tolist(), p["labels"][keep].tolist())]})
-        self._predictions += rows
         return rows
 
     def on_predict_epoch_start(self) -> None:
-        self._predictions, self._drawn = [], []
+        super().on_predict_epoch_start()
+        self._drawn = []
 
-    def on_predict_epoch_end(self) -> None:
-        path = self.output_path("predictions.json")
-        path.write_text(json.dumps(self._predictions, indent=1))
-        log.info("detections for %d images written to %s", len(self._predictions), path)
+    def write_predictions(self, rows: list[dict]) -> Path:
+        path = super().write_predictions(rows)
         self._draw("predict")
+        return path
 
     # -- drawings --
     def _keep_for_drawing(self, targets: list[Target], preds: list[dict], with_gt: bool) -> None:
@@ -267,14 +260,7 @@ class ObjectDetector(WeightEMA, VitkitTask):
 
         return {"cross": explain_detection}
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = adamw(self.model, self._param_groups(), hp.lr)
-        warmup, total = schedule_steps(self.trainer, hp.warmup_epochs)
-        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _param_groups(self) -> list[dict]:
+    def param_groups(self) -> list[dict]:
         """Four groups: encoder / rest x decayed / not decayed (1-d tensors, biases, tokens, positions)."""
         hp = self.hparams
         skip = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
