@@ -80,3 +80,59 @@ def test_a_compiled_segmenter_gives_the_same_logits():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled.eval().model(x), plain.eval().model(x))
+
+
+def _schedule(task: VitkitTask, steps_per_epoch: int = 10, epochs: int = 4) -> list[float]:
+    """The lr multiplier the task's own configure_optimizers gives at each optimiser step of a fake run."""
+    trainer = SimpleNamespace(estimated_stepping_batches=steps_per_epoch * epochs, train_dataloader=[0],
+                              num_training_batches=steps_per_epoch, accumulate_grad_batches=1, max_epochs=epochs)
+    task._trainer = trainer
+    scheduler = task.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert len({f(7) for f in scheduler.lr_lambdas}) == 1, "every parameter group follows one schedule"
+    return [scheduler.lr_lambdas[0](s) for s in range(steps_per_epoch * epochs)]
+
+
+TINY = {
+    ImageClassifier: lambda **kw: ImageClassifier("vit_tiny_patch4_32", num_classes=3, img_size=16,
+                                                  model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2}, **kw),
+    SemanticSegmenter: lambda **kw: SemanticSegmenter("segmenter_vit_nano_patch8_64", num_classes=3, img_size=16,
+                                                      **kw),
+    ObjectDetector: lambda **kw: ObjectDetector("detr_vit_nano_patch8_64", num_classes=3, img_size=32, **kw),
+}
+
+
+@pytest.mark.parametrize("task", list(TINY))
+def test_every_image_task_warms_up_over_warmup_epochs_or_warmup_steps_then_decays(task):
+    by_epochs = _schedule(TINY[task](lr=1e-3, warmup_epochs=1, min_lr_ratio=0.1))
+    assert by_epochs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # one epoch of 10 steps
+    assert by_epochs[10] == pytest.approx(1.0) and by_epochs[-1] == pytest.approx(0.1, abs=0.01)
+    by_steps = _schedule(TINY[task](lr=1e-3, warmup_epochs=1, warmup_steps=4, min_lr_ratio=0.1))
+    assert by_steps[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]), "warmup_steps, when set, wins"
+
+
+def test_every_task_trains_through_the_shared_optimiser_and_step_loop():
+    """The plug-in surface: a task writes its loss and evaluation; the loop, optimiser, schedule and prediction
+    files are the base's (a task may override param_groups/build_optimizer/lr_lambda, not configure_optimizers)."""
+    for task in (ImageClassifier, SemanticSegmenter, ObjectDetector, Seq2Seq, ImageCaptioner, VisualQA):
+        for hook in ("configure_optimizers", "training_step", "validation_step", "test_step",
+                     "on_predict_epoch_end", "on_predict_batch_end"):
+            assert getattr(task, hook) is getattr(VitkitTask, hook), f"{task.__name__}.{hook} is its own"
+        assert task.loss is not VitkitTask.loss and task._evaluate is not VitkitTask._evaluate
+
+
+def test_predictions_are_written_as_json_and_flat_rows_also_as_csv(tmp_path):
+    task = _attached(tmp_path, world_size=1, rank=0)
+    rows = [{"image": "a.png", "answer": "red", "prob": 0.9}, {"image": "b.png", "answer": "two", "prob": 0.5}]
+    task.on_predict_epoch_start()
+    task.on_predict_batch_end(rows[:1], None, 0)
+    task.on_predict_batch_end(rows[1:], None, 1)
+    task.on_predict_epoch_end()
+    import csv
+    import json
+
+    assert json.loads((tmp_path / "run" / "predictions.json").read_text()) == rows
+    with open(tmp_path / "run" / "predictions.csv") as f:
+        assert [r["answer"] for r in csv.DictReader(f)] == ["red", "two"]
+    nested = _attached(tmp_path / "nested", world_size=1, rank=0)
+    nested.write_predictions([{"path": "a.png", "boxes": [[0, 0, 1, 1]]}])
+    assert not (tmp_path / "nested" / "run" / "predictions.csv").exists()

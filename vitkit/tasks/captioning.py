@@ -167,6 +167,8 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
         hyps = self.caption(batch["images"])
         self._rows += [{"image_id": i, "caption": h, "refs": r}
                        for i, h, r in zip(batch["image_id"], hyps, batch["refs"])]
+        if stage == "test":
+            self._keep_for_sheet(batch["images"], [f"{h}\n(ref: {r[0]})" for h, r in zip(hyps, batch["refs"])])
         return hyps
 
     def _log_scores(self, stage: str) -> dict[str, float]:
@@ -183,11 +185,6 @@ class ImageCaptioner(TokenizerMixin, VitkitTask):
 
     def on_test_epoch_start(self) -> None:
         self._rows, self._sheet = [], []
-
-    def test_step(self, batch: dict, batch_idx: int) -> list[str]:
-        hyps = self._evaluate(batch, "test")
-        self._keep_for_sheet(batch["images"], [f"{h}\n(ref: {r[0]})" for h, r in zip(hyps, batch["refs"])])
-        return hyps
 
     def gallery_items(self, batch: dict, outputs: list[str]):
         """Best/worst test captions for the CLI's gallery, scored by sentence BLEU against the references."""

@@ -155,6 +155,9 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
         metrics["exact_match"].update(torch.tensor([float(h == r) for h, r in zip(hyps, refs)], device=self.device))
         if "rougeL" in metrics:
             metrics["rougeL"].update(hyps, refs)
+        if stage == "test":
+            self._outputs += [{"source": s, "reference": r, "output": h}
+                              for s, r, h in zip(batch["source"], refs, hyps)]
         return hyps
 
     def _log_metrics(self, stage: str, metrics: torch.nn.ModuleDict) -> None:
@@ -171,11 +174,6 @@ class Seq2Seq(TokenizerMixin, VitkitTask):
 
     def on_test_epoch_start(self) -> None:
         self._outputs = []
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        hyps = self._evaluate(batch, "test")
-        self._outputs += [{"source": s, "reference": r, "output": h}
-                          for s, r, h in zip(batch["source"], batch["target"], hyps)]
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
