@@ -45,3 +45,29 @@ def test_a_new_data_module_needs_only_build_dataset():
 def test_every_vitkit_data_module_is_built_on_the_spine(module):
     assert issubclass(module, VitkitDataModule)
     assert module.build_dataset is not VitkitDataModule.build_dataset
+
+
+def test_every_shapes_data_module_takes_one_shapes_option_with_the_older_spellings_as_aliases(tmp_path):
+    from vitkit.data import CaptioningDataModule, DetectionDataModule, SegmentationDataModule, VQADataModule
+    from vitkit.data.shapes import ShapesConfig
+    from vitkit.errors import ConfigError
+
+    wanted = ShapesConfig(num_train=40)
+    seg = SegmentationDataModule(root=str(tmp_path), shapes={"num_train": 40})
+    det = DetectionDataModule(shapes={"num_train": 40})
+    cap = CaptioningDataModule(root=str(tmp_path / "cap"), shapes={"num_train": 40})
+    vqa = VQADataModule(root=str(tmp_path / "vqa"), shapes={"num_train": 40})
+    assert seg.shapes_config == det.shapes_cfg == cap._shapes_config() == vqa._shapes_config() == wanted
+    assert seg.dataset_root == wanted.folder(tmp_path / "shapes") != str(tmp_path / "shapes"), "own folder"
+    assert det.root == wanted.folder("datasets/shapes")
+    assert DetectionDataModule(shapes_config={"num_train": 40}).shapes_cfg == wanted  # older spelling
+    assert CaptioningDataModule(root=str(tmp_path / "c2"), shapes_num_train=40)._shapes_config() == wanted
+    with pytest.raises(ConfigError, match=r"data.shapes: .*expected null when the older data.shapes_config"):
+        DetectionDataModule(shapes={"num_train": 40}, shapes_config={"num_train": 40})
+    with pytest.raises(ConfigError, match=r"data.shapes: .*unknown: \['num_trian'\]"):
+        SegmentationDataModule(root=str(tmp_path), shapes={"num_trian": 40})
+    with pytest.raises(ConfigError, match=r"data.shapes: .*null unless data.dataset is shapes"):
+        DetectionDataModule(dataset="coco", shapes={"num_train": 40})
+    with pytest.raises(ConfigError, match=r"data.shapes: .*null when data.train_json is given"):
+        CaptioningDataModule(train_json=str(tmp_path / "t.json"), val_json=str(tmp_path / "v.json"),
+                             shapes={"num_train": 40})

@@ -176,9 +176,11 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
         require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
         require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
         shared = Path(h.root).resolve() == Path(SHAPES_ROOT).resolve()
+        require(h.train_json is None or not (h.shapes or h.shapes_num_train), "data.shapes",
+                h.shapes or {"num_train": h.shapes_num_train}, "null when data.train_json is given")
         if h.train_json is None and shared and self._shapes_config() != ShapesConfig():
             raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and "
-                              f"detection; generate {h.shapes_num_train} training scenes under another data.root")
+                              f"detection; generate {self._shapes_config()} under another data.root")
         self.guard = LengthGuard(h.long_lines)
         resize = [A.Resize(h.img_size, h.img_size)]
         self.train_transform = build_transforms(h.train_transforms, resize, "data.train_transforms", h.mean, h.std)
@@ -191,7 +193,9 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
         return f"{type(self).__name__}({self.hparams.train_json or self.hparams.root})"
 
     def _shapes_config(self) -> ShapesConfig:
-        return ShapesConfig(num_train=self.hparams.shapes_num_train)
+        n = self.hparams.shapes_num_train
+        return ShapesConfig.parse(self.hparams.shapes, legacy="shapes_num_train",
+                                  legacy_value=None if n is None else {"num_train": n})
 
     def _source(self, split: Split) -> tuple[Path, Path]:
         """(annotation JSON, image folder) of a split: given files, else the shapes scenes."""
@@ -233,7 +237,8 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
 
 _COMMON_ARGS_DOC = """
         root: folder of the embedded shapes scenes (generated on first use).
-        shapes_num_train: training scenes to generate there (the shared default folder keeps 2,000).
+        shapes: ShapesConfig fields of the scenes to generate there, e.g. {num_train: 10000} (the shared default
+            folder keeps the default set). `shapes_num_train: N` is the older spelling of {num_train: N}.
         train_json: training annotations; None uses the shapes scenes. With it, val_json is needed too.
         train_images: folder the training file names are relative to (default: the JSON's folder).
         val_json: validation annotations.
@@ -269,7 +274,8 @@ class CaptioningDataModule(_ImageTextData):
     def __init__(
         self,
         root: str = SHAPES_ROOT,
-        shapes_num_train: int = 2000,
+        shapes: dict[str, int] | None = None,
+        shapes_num_train: int | None = None,
         train_json: str | None = None,
         train_images: str | None = None,
         val_json: str | None = None,

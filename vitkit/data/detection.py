@@ -7,13 +7,11 @@ box maps back to the original image by one scale per axis. Batches are `(images,
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import albumentations as A
@@ -367,8 +365,8 @@ class DetectionDataModule(VitkitDataModule):
             for VOC the split list (default ImageSets/Main/{split}.txt).
         img_dir: image folder of a split relative to root, with `{split}` (COCO default "{split}").
         voc_classes: VOC class names (category ids 1..K in this order); None: the 20 Pascal VOC classes.
-        shapes_config: ShapesConfig fields for the shapes set (e.g. {num_train: 500}); a non-default config
-            gets its own folder next to the default one unless `root` is set.
+        shapes: "shapes" only: ShapesConfig fields to change (e.g. {num_train: 500}); a non-default set gets its
+            own `datasets/shapes-<hash>` folder unless `root` is set. `shapes_config` is its older spelling.
         img_size: side of the square canvas every image is letterboxed to.
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
@@ -387,6 +385,7 @@ class DetectionDataModule(VitkitDataModule):
         ann_file: str | None = None,
         img_dir: str | None = None,
         voc_classes: list[str] | None = None,
+        shapes: dict[str, int] | None = None,
         shapes_config: dict[str, int] | None = None,
         img_size: int = 64,
         batch_size: int = 32,
@@ -405,8 +404,11 @@ class DetectionDataModule(VitkitDataModule):
         require(batch_size >= 1, "data.batch_size", batch_size, "a positive integer")
         require(0.0 <= min_visibility <= 1.0, "data.min_visibility", min_visibility, "a fraction in [0, 1]")
         default_root, default_splits, default_ann, default_img = _DEFAULTS[dataset]
-        self.shapes_cfg = _shapes_config(shapes_config) if dataset == "shapes" else None
-        self.root = root or (_shapes_root(self.shapes_cfg) if dataset == "shapes" else default_root)
+        require(dataset == "shapes" or not (shapes or shapes_config), "data.shapes", shapes or shapes_config,
+                "null unless data.dataset is shapes")
+        self.shapes_cfg = (ShapesConfig.parse(shapes, legacy="shapes_config", legacy_value=shapes_config)
+                           if dataset == "shapes" else None)
+        self.root = root or (self.shapes_cfg.folder(_DEFAULTS["shapes"][0]) if dataset == "shapes" else default_root)
         self.splits = {**default_splits, **(splits or {})}
         self.ann_pattern, self.img_pattern = ann_file or default_ann, img_dir or default_img
         self.train_transform = build_box_transforms(train_transforms, min_visibility)
@@ -518,23 +520,6 @@ def _unlabelled(index: int, path: str) -> DetectionRecord:
     with Image.open(path) as im:
         width, height = im.size
     return DetectionRecord(index, path, width, height)
-
-
-def _shapes_config(overrides: dict[str, int] | None) -> ShapesConfig:
-    try:
-        return ShapesConfig(**(overrides or {}))
-    except TypeError as err:
-        raise ConfigError(f"data.shapes_config: {err}; expected fields of vitkit.data.ShapesConfig "
-                          f"({', '.join(asdict(ShapesConfig()))})") from err
-
-
-def _shapes_root(cfg: ShapesConfig) -> str:
-    """datasets/shapes for the default scenes; another config gets its own folder, so it never rewrites the
-    one other tasks share."""
-    if cfg == ShapesConfig():
-        return _DEFAULTS["shapes"][0]
-    digest = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{_DEFAULTS['shapes'][0]}-{digest}"
 
 
 def _report_fixes(fixes: BoxFixes) -> None:

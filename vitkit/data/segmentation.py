@@ -3,12 +3,9 @@ ADE20K (SceneParsing `ADEChallengeData2016`) and Pascal VOC 2012, with joint ima
 pipelines (random scale, pad with the ignore value, random crop, flip) as in mmsegmentation's recipes."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, fields
 from typing import Literal, get_args
 
 import albumentations as A
@@ -305,7 +302,7 @@ class SegmentationDataModule(VitkitDataModule):
         super().__init__()
         self.save_hyperparameters()
         _check_hparams(self.hparams)
-        self.shapes_config = _shapes_config(shapes)
+        self.shapes_config = ShapesConfig.parse(shapes)
         self._class_names = self._read_class_names()
         if reduce_zero_label is None:
             reduce_zero_label = dataset == "ade20k"
@@ -336,9 +333,7 @@ class SegmentationDataModule(VitkitDataModule):
         """The folder the files are read from."""
         h = self.hparams
         if h.dataset == "shapes":
-            default = self.shapes_config == ShapesConfig()
-            digest = hashlib.sha1(json.dumps(asdict(self.shapes_config), sort_keys=True).encode()).hexdigest()[:8]
-            return os.path.join(h.root, "shapes" if default else f"shapes-{digest}")
+            return self.shapes_config.folder(os.path.join(h.root, "shapes"))
         if h.dataset == "ade20k":
             nested = os.path.join(h.root, ADE20K_FOLDER)
             return nested if os.path.isdir(nested) or not os.path.isdir(os.path.join(h.root, "images")) else h.root
@@ -488,11 +483,5 @@ def _check_hparams(h) -> None:
     require(len(h.std) == 3 and min(h.std) > 0, "data.std", h.std, "3 positive values, one per RGB channel")
     require(h.dataset == "shapes" or not h.shapes, "data.shapes", h.shapes, "null unless data.dataset is shapes")
 
-
-def _shapes_config(overrides: dict | None) -> ShapesConfig:
-    known = [f.name for f in fields(ShapesConfig)]
-    unknown = sorted(set(overrides or {}) - set(known))
-    require(not unknown, "data.shapes", overrides, f"keys among {', '.join(known)}; unknown: {unknown}")
-    return ShapesConfig(**(overrides or {}))
 
 

@@ -19,14 +19,18 @@ scene in memory for code that needs scenes without files (e.g. single-object sce
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..errors import require
 
 SHAPES = ("circle", "square", "triangle", "star")
 CLASSES = ("background", *SHAPES)
@@ -60,6 +64,28 @@ class ShapesConfig:
 
     def count(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+
+    @classmethod
+    def parse(cls, shapes: Mapping[str, int] | None, field: str = "data.shapes", legacy: str | None = None,
+              legacy_value: Mapping[str, int] | None = None) -> ShapesConfig:
+        """The `shapes:` option of every data module (fields to change from the defaults, e.g. `{num_train: 500}`)
+        as a config; unknown keys are one error naming them. `legacy`/`legacy_value`: an older spelling of the
+        same option (`shapes_config`, `shapes_num_train`), accepted when `shapes` is not also given."""
+        if legacy_value is not None:
+            require(not shapes, field, shapes, f"null when the older data.{legacy} is given; set only {field}")
+            shapes = legacy_value
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(shapes or {}) - set(known))
+        require(not unknown, field, dict(shapes or {}), f"keys among {', '.join(known)}; unknown: {unknown}")
+        return cls(**(shapes or {}))
+
+    def folder(self, base: str | os.PathLike) -> str:
+        """Where this scene set lives: `base` for the default set, `<base>-<hash of the config>` for another one,
+        so that a changed set never rewrites the folder other tasks share."""
+        if self == ShapesConfig():
+            return str(base)
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{base}-{digest}"
 
 
 @dataclass

@@ -45,7 +45,8 @@ class VQADataModule(_ImageTextData):
     def __init__(
         self,
         root: str = SHAPES_ROOT,
-        shapes_num_train: int = 2000,
+        shapes: dict[str, int] | None = None,
+        shapes_num_train: int | None = None,
         train_json: str | None = None,
         train_images: str | None = None,
         val_json: str | None = None,
