@@ -68,6 +68,3 @@ def test_every_shapes_data_module_takes_one_shapes_option_with_the_older_spellin
         SegmentationDataModule(root=str(tmp_path), shapes={"num_trian": 40})
     with pytest.raises(ConfigError, match=r"data.shapes: .*null unless data.dataset is shapes"):
         DetectionDataModule(dataset="coco", shapes={"num_train": 40})
-    with pytest.raises(ConfigError, match=r"data.shapes: .*null when data.train_json is given"):
-        CaptioningDataModule(train_json=str(tmp_path / "t.json"), val_json=str(tmp_path / "v.json"),
-                             shapes={"num_train": 40})

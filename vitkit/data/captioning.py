@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 import albumentations as A
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, DatasetNotFoundError, require
@@ -28,7 +27,7 @@ from .files import read_json
 from .images import list_images, load_rgb
 from .shapes import DEFAULT_ROOT as SHAPES_ROOT
 from .shapes import ShapesConfig, generate_shapes
-from .text import LengthGuard, LongLines, TextTokenizer, TokenizerState, pad_batch
+from .text import LengthGuard, LongLines, TextCollate, TextTokenizer, TokenizerState
 from .transforms import build_transforms
 
 log = logging.getLogger("vitkit")
@@ -142,25 +141,10 @@ class ImageTextDataset(Dataset):
         return {"images": self.transform(image=load_rgb(self.paths[i]))["image"], **self.rows[i]}
 
 
-class ImageTextCollate:
+class ImageTextCollate(TextCollate):
     """Stack images, pad id lists (`tgt`, `question`) with `pad_id`, tensor `label`, keep other fields as lists."""
 
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, items: list[dict]) -> dict:
-        batch = {}
-        for key in items[0]:
-            values = [it[key] for it in items]
-            if key == "images":
-                batch[key] = torch.stack(values)
-            elif key in ("tgt", "question"):
-                batch[key] = pad_batch(values, self.pad_id)
-            elif key == "label":
-                batch[key] = torch.tensor(values, dtype=torch.long)
-            else:
-                batch[key] = values
-        return batch
+    pad, stack, long = ("tgt", "question"), ("images",), ("label",)
 
 
 # ------------------------------------------------------------------------------------------ shared set-up
@@ -176,8 +160,6 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
         require(h.img_size >= 1, "data.img_size", h.img_size, "a positive number of pixels")
         require(h.max_len >= 3, "data.max_len", h.max_len, "3 or more")
         shared = Path(h.root).resolve() == Path(SHAPES_ROOT).resolve()
-        require(h.train_json is None or not (h.shapes or h.shapes_num_train), "data.shapes",
-                h.shapes or {"num_train": h.shapes_num_train}, "null when data.train_json is given")
         if h.train_json is None and shared and self._shapes_config() != ShapesConfig():
             raise ConfigError(f"data.root {h.root} holds the default shapes set shared with segmentation and "
                               f"detection; generate {self._shapes_config()} under another data.root")
@@ -237,7 +219,7 @@ class _ImageTextData(TokenizerState, VitkitDataModule):
 
 _COMMON_ARGS_DOC = """
         root: folder of the embedded shapes scenes (generated on first use).
-        shapes: ShapesConfig fields of the scenes to generate there, e.g. {num_train: 10000} (the shared default
+        shapes: without train_json, ShapesConfig fields of the scenes made there, e.g. {num_train: 10000} (the default
             folder keeps the default set). `shapes_num_train: N` is the older spelling of {num_train: N}.
         train_json: training annotations; None uses the shapes scenes. With it, val_json is needed too.
         train_images: folder the training file names are relative to (default: the JSON's folder).

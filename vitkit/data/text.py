@@ -268,7 +268,13 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
 
 
 class TextCollate:
-    """Batch of dicts -> dict: id lists become padded (B, N) tensors; text fields stay lists."""
+    """Batch of dicts -> dict: the `pad` id lists become (B, N) tensors padded with `pad_id`, `stack` tensors are
+    stacked, `long` values become a (B,) tensor, other fields (text, paths) stay lists. The defaults are the
+    seq2seq batch (`src`, `tgt`); `ImageTextCollate` sets those of captioning and VQA."""
+
+    pad: tuple[str, ...] = ("src", "tgt")
+    stack: tuple[str, ...] = ()
+    long: tuple[str, ...] = ()
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -277,7 +283,14 @@ class TextCollate:
         batch = {}
         for key in items[0]:
             values = [item[key] for item in items]
-            batch[key] = pad_batch(values, self.pad_id) if key in ("src", "tgt") else values
+            if key in self.pad:
+                batch[key] = pad_batch(values, self.pad_id)
+            elif key in self.stack:
+                batch[key] = torch.stack(values)
+            elif key in self.long:
+                batch[key] = torch.tensor(values, dtype=torch.long)
+            else:
+                batch[key] = values
         return batch
 
 
