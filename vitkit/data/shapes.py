@@ -73,7 +73,7 @@ class ShapesConfig:
         same option (`shapes_config`, `shapes_num_train`), accepted when `shapes` is not also given."""
         if legacy_value is not None:
             require(not shapes, field, shapes, f"null when the older data.{legacy} is given; set only {field}")
-            shapes = legacy_value
+            shapes, field = legacy_value, f"data.{legacy}"
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(shapes or {}) - set(known))
         require(not unknown, field, dict(shapes or {}), f"keys among {', '.join(known)}; unknown: {unknown}")

@@ -5,7 +5,6 @@ stack of encoder blocks (single-stream fusion as in ViLT, Kim et al. 2021), or f
 cross-attend the image tokens (an image-grounded question encoder, as BLIP's, Li et al. 2022)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 import torch
@@ -13,36 +12,8 @@ from torch import nn
 
 from ..nn import DecoderBlock, EncoderBlock, padding_mask
 from ..nn.text import PositionEmbed1d, TokenEmbed
-from .pretrained import load_pretrained
-from .registry import create_model
+from .encoders import build_encoder
 from .seq2seq import PosEmbed, SpecialIds, TextDecoder, generate
-
-
-def build_encoder(encoder: str, img_size: int | None, encoder_kwargs: dict[str, Any] | None,
-                  pretrained: str | None) -> nn.Module:
-    """Any registered vitkit image encoder, headless (`num_classes=0`); its `forward_features` gives tokens.
-    `pretrained`: an image-encoder checkpoint (timm/torchvision/transformers/vitkit), or the checkpoint of a
-    vitkit captioning/VQA run, whose encoder is taken (e.g. a VQA model starting from a captioner's ViT)."""
-    kwargs = {**(encoder_kwargs or {}), "num_classes": 0}
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    inner = _text_task_encoder(pretrained)
-    model = create_model(encoder, pretrained=None if inner is not None else pretrained, **kwargs)
-    if not hasattr(model, "forward_features") or not hasattr(model, "embed_dim"):
-        raise ValueError(f"encoder {encoder!r} has no forward_features/embed_dim; expected a vitkit image encoder "
-                         f"such as vit_nano_patch4_32 (vitkit.list_models())")
-    if inner is not None:
-        load_pretrained(model, inner, strict=True)
-    return model
-
-
-def _text_task_encoder(path: str | None) -> dict[str, torch.Tensor] | None:
-    """The `model.encoder.*` weights of a vitkit ImageCaptioner/VisualQA Lightning checkpoint, else None."""
-    if path is None or not str(path).endswith(".ckpt") or not os.path.isfile(path):
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-    prefix = "model.encoder."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or None
 
 
 class CaptionTransformer(nn.Module):
@@ -72,7 +43,7 @@ class CaptionTransformer(nn.Module):
         eos_id: int = 2,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(encoder, img_size, encoder_kwargs, pretrained)
+        self.encoder = build_encoder(encoder, img_size, pretrained, **(encoder_kwargs or {}))
         self.decoder = TextDecoder(vocab_size, dim, depth, num_heads, max_len, mlp_ratio, pos_embed, dropout,
                                    memory_dim=self.encoder.embed_dim)
         self.special = SpecialIds(pad_id, bos_id, eos_id)
@@ -135,7 +106,7 @@ class VQATransformer(nn.Module):
             raise ValueError(f"fusion={fusion!r}; expected 'joint' (one stack over question and image) or 'cross' "
                              f"(the question cross-attends the image)")
         self.fusion = fusion
-        self.encoder = build_encoder(encoder, img_size, encoder_kwargs, pretrained)
+        self.encoder = build_encoder(encoder, img_size, pretrained, **(encoder_kwargs or {}))
         self.image_proj = nn.Linear(self.encoder.embed_dim, dim)
         self.embed = TokenEmbed(vocab_size, dim)
         self.pos = PositionEmbed1d(max_len, dim, pos_embed)

@@ -9,10 +9,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .encoders import build_encoder, own_sizes_unused
 from .heads.detection import DetrHead, Output
 from .pretrained import load_pretrained
 from .registry import register_model
-from .vit import VisionTransformer
 
 
 class DetrViT(nn.Module):
@@ -26,6 +26,10 @@ class DetrViT(nn.Module):
         pos_embed: the encoder's position embedding, "learn" or fixed 2-D "sincos" (helps from scratch).
         decoder_dim, decoder_depth, decoder_heads, num_queries, query_init, dn_groups, label_noise, box_noise:
             the head (see `DetrHead`).
+        encoder: instead of the ViT built from the sizes above, any encoder `vitkit.models.build_encoder` makes:
+            a registered vitkit name (e.g. "vit_small_patch16_224") or "timm:<name>", with `encoder_kwargs`
+            (the sizes above must then stay at their defaults).
+        encoder_kwargs: keyword arguments for that encoder (depth, drop_path_rate, ...).
     """
 
     def __init__(
@@ -48,16 +52,26 @@ class DetrViT(nn.Module):
         dn_groups: int = 5,
         label_noise: float = 0.2,
         box_noise: float = 0.4,
+        encoder: str | None = None,
+        encoder_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.encoder = VisionTransformer(
-            img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=class_token,
-            global_pool="token" if class_token else "avg", pos_embed=pos_embed, drop_path_rate=drop_path_rate,
-        )
+        if encoder is None:
+            self.encoder = build_encoder("vit", img_size, token_norm=True, patch_size=patch_size, embed_dim=embed_dim,
+                                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                         class_token=class_token, global_pool="token" if class_token else "avg",
+                                         pos_embed=pos_embed, drop_path_rate=drop_path_rate)
+        else:
+            own_sizes_unused(DetrViT, encoder, dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                                    num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=class_token,
+                                                    pos_embed=pos_embed, drop_path_rate=drop_path_rate))
+            self.encoder = build_encoder(encoder, img_size, token_norm=True, **(encoder_kwargs or {}))
+        if encoder_kwargs and encoder is None:
+            raise ValueError(f"DetrViT: encoder_kwargs={encoder_kwargs} without an encoder name; expected encoder: "
+                             f"<name> (or the ViT sizes as DetrViT's own arguments)")
         self.head = DetrHead(
-            num_classes, embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,
+            num_classes, self.encoder.embed_dim, self.encoder.patch_embed.grid_size, self.encoder.num_prefix_tokens,
             dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, num_queries=num_queries,
             query_init=query_init, dn_groups=dn_groups, label_noise=label_noise, box_noise=box_noise,
         )
@@ -82,8 +96,11 @@ class DetrViT(nn.Module):
         return load_pretrained(self.encoder, checkpoint)
 
 
-def _detr(encoder: dict, decoder: dict, **kwargs) -> DetrViT:
-    return DetrViT(**{**encoder, **decoder, **kwargs})
+def _detr(vit: dict, head: dict, **kwargs) -> DetrViT:
+    """The registered sizes, `kwargs` over them; with `encoder=<name>` the ViT sizes give way to that encoder's."""
+    if kwargs.get("encoder") is not None:
+        vit = {"img_size": vit["img_size"]}
+    return DetrViT(**{**vit, **head, **kwargs})
 
 
 _DECODER = dict(decoder_dim=256, decoder_depth=6, decoder_heads=8, num_queries=100)

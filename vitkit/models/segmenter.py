@@ -20,12 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import to_2tuple
+from .encoders import build_encoder
 from .heads.segmentation import HeadName, build_head
-from .pretrained import load_pretrained
 from .registry import create_model, list_models, register_model
-from .vit import VisionTransformer
-
-TIMM_PREFIX = "timm:"
 
 
 class Segmenter(nn.Module):
@@ -95,34 +92,6 @@ def _prefixed_matcher(matcher: Any, prefix: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- building
-def build_encoder(name: str, img_size: int | tuple[int, int], pretrained: str | os.PathLike | None = None,
-                  **kwargs) -> nn.Module:
-    """A ViT without classifier: a registered vitkit name, "vit" (vitkit's `VisionTransformer` built from
-    `kwargs` alone), or "timm:<name>" for a timm ViT.
-
-    `pretrained`: a checkpoint file for the encoder (vitkit: timm/torchvision/transformers files through
-    `vitkit.weights`; timm: read by timm's own loader). Position embeddings are resampled to `img_size`."""
-    if name.startswith(TIMM_PREFIX):
-        import timm  # only needed for timm encoders
-
-        timm_name = name[len(TIMM_PREFIX) :]
-        extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": os.fspath(pretrained)}} if pretrained else {}
-        try:
-            return timm.create_model(timm_name, num_classes=0, img_size=img_size, **extra, **kwargs)
-        except RuntimeError as err:  # timm: "Unknown model (...)"
-            raise ValueError(f"encoder {name!r}: {err}") from err
-    kwargs = {"num_classes": 0, **kwargs}
-    if kwargs.get("class_token") is False:
-        kwargs.setdefault("global_pool", "avg")
-    kwargs.setdefault("fc_norm", False)  # the final norm acts on every token (not only a pooled one)
-    if name != "vit":
-        return create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
-    encoder = VisionTransformer(img_size=img_size, **kwargs)
-    if pretrained is not None:
-        load_pretrained(encoder, pretrained)
-    return encoder
-
-
 def build_segmenter(
     encoder: str,
     num_classes: int,
@@ -133,7 +102,7 @@ def build_segmenter(
     pretrained: str | os.PathLike | None = None,
 ) -> Segmenter:
     """Any encoder under any head: `build_segmenter("vit_small_patch16_224", 150, 512, head="linear")`."""
-    enc = build_encoder(encoder, img_size, pretrained, **(encoder_kwargs or {}))
+    enc = build_encoder(encoder, img_size, pretrained, token_norm=True, **(encoder_kwargs or {}))
     width = getattr(enc, "embed_dim", None) or enc.num_features
     patch = to_2tuple(enc.patch_embed.patch_size)[0]
     return Segmenter(enc, build_head(head, width, num_classes, patch, **(head_kwargs or {})))

@@ -19,10 +19,10 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..nn import resample_pos_embed
+from .encoders import build_encoder, own_sizes_unused
 from .heads.detection import Output, PredictionMLP
 from .pretrained import load_checkpoint_file, load_pretrained
 from .registry import register_model
-from .vit import VisionTransformer
 
 log = logging.getLogger("vitkit")
 
@@ -47,6 +47,9 @@ class YOLOS(nn.Module):
         num_det_tokens: detection tokens (detections per image before top-k).
         mid_pos_embed: YOLOS-S/B's extra position embeddings added after every block but the last.
         norm_eps: LayerNorm epsilon (1e-12 in the transformers checkpoints, 1e-6 in timm's ViT).
+        encoder: instead of the ViT built from the sizes above, a registered vitkit ViT name or "timm:<name>"
+            (`vitkit.models.build_encoder`), with `encoder_kwargs`; the detection tokens join its sequence.
+        encoder_kwargs: keyword arguments for that encoder.
     """
 
     def __init__(
@@ -63,19 +66,33 @@ class YOLOS(nn.Module):
         num_det_tokens: int = 100,
         mid_pos_embed: bool = False,
         norm_eps: float = 1e-6,
+        encoder: str | None = None,
+        encoder_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.num_classes, self.num_det_tokens = num_classes, num_det_tokens
-        self.encoder = VisionTransformer(
-            img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed, drop_path_rate=drop_path_rate,
-        )
-        for m in self.encoder.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.eps = norm_eps
+        if encoder is None:
+            if encoder_kwargs:
+                raise ValueError(f"YOLOS: encoder_kwargs={encoder_kwargs} without an encoder name; expected "
+                                 f"encoder: <name> (or the ViT sizes as YOLOS's own arguments)")
+            self.encoder = build_encoder("vit", img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                         num_heads=num_heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed,
+                                         drop_path_rate=drop_path_rate)
+            for m in self.encoder.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = norm_eps
+        else:
+            own_sizes_unused(YOLOS, encoder, dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                                  num_heads=num_heads, mlp_ratio=mlp_ratio, pos_embed=pos_embed,
+                                                  drop_path_rate=drop_path_rate, norm_eps=norm_eps))
+            self.encoder = build_encoder(encoder, img_size, **(encoder_kwargs or {}))
+            missing = [a for a in ("_pos_embed", "blocks", "norm") if not hasattr(self.encoder, a)]
+            if missing:
+                raise ValueError(f"YOLOS: encoder {encoder!r} has no {missing}; expected a ViT (vitkit or timm)")
+        embed_dim, depth = self.encoder.embed_dim, len(self.encoder.blocks)
         self.det_token = nn.Parameter(torch.zeros(1, num_det_tokens, embed_dim))
         self.det_pos_embed = nn.Parameter(torch.zeros(1, num_det_tokens, embed_dim))
-        seq = 1 + self.encoder.patch_embed.num_patches + num_det_tokens
+        seq = self.encoder.num_prefix_tokens + self.encoder.patch_embed.num_patches + num_det_tokens
         self.mid_pos_embed = nn.Parameter(torch.zeros(depth - 1, 1, seq, embed_dim)) if mid_pos_embed else None
         self.class_embed = PredictionMLP(embed_dim, embed_dim, num_classes + 1, 3)
         self.bbox_embed = PredictionMLP(embed_dim, embed_dim, 4, 3)
@@ -281,6 +298,9 @@ def _guess_grid(num_patches: int) -> tuple[int, int]:
 # The published sizes use the LayerNorm epsilon of transformers' checkpoints (1e-12), so their weights give the
 # same boxes; the CPU-sized config keeps vitkit's 1e-6.
 def _yolos(config: dict, **kwargs) -> YOLOS:
+    """The registered sizes, `kwargs` over them; with `encoder=<name>` the ViT sizes give way to that encoder's."""
+    if kwargs.get("encoder") is not None:
+        config = {k: v for k, v in config.items() if k in ("img_size", "num_det_tokens", "mid_pos_embed")}
     return YOLOS(**{**config, **kwargs})
 
 
