@@ -1,6 +1,9 @@
 """The one place vitkit draws from: matplotlib without a display, and tensors back to images people look at.
-Run folders get their PNGs (curves, galleries, confusion matrices, overlays, caption sheets) through these."""
+Run folders get their PNGs (curves, galleries, confusion matrices, overlays, caption sheets) through these, and
+the colours live here too: VOC's class palette for segmentation masks and a colour per class name for boxes."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,8 +42,6 @@ def denormalise(x: torch.Tensor, mean, std) -> np.ndarray:
 def save_figure(fig, path, title: str | None = None, tight: bool = True):
     """Write a matplotlib figure as a 100-dpi PNG (its folder created), with an optional title over it, and
     close it; returns the path."""
-    from pathlib import Path
-
     if title:
         fig.suptitle(title, fontsize=10)
     if tight:
@@ -50,3 +51,63 @@ def save_figure(fig, path, title: str | None = None, tight: bool = True):
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- segmentation colours
+def palette(num_colors: int = 256) -> np.ndarray:
+    """PASCAL VOC's colour map (num_colors, 3) uint8: class 0 black, then well-separated colours from the bits
+    of the class index; 255 (the ignore value) is VOC's light grey-beige."""
+    colors = np.zeros((num_colors, 3), dtype=np.uint8)
+    for i in range(num_colors):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors[i] = (r, g, b)
+    return colors
+
+
+VOC_PALETTE = palette()  # (256, 3) uint8, what colorize and palette PNGs use
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Class-index map (H, W) -> RGB (H, W, 3) uint8 in the VOC colours."""
+    return VOC_PALETTE[np.asarray(mask, dtype=np.int64) % 256]
+
+
+# ---------------------------------------------------------------------------------------------- detection drawings
+NAME_COLORS = [
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe", "#008080",
+]
+
+
+def name_color(name: str) -> str:
+    """A colour ("#rrggbb") for a class name, the same on every run: the name's character codes summed, modulo
+    the ten colours of NAME_COLORS."""
+    return NAME_COLORS[sum(map(ord, name)) % len(NAME_COLORS)]
+
+
+def draw_detections(image_path: str, boxes: torch.Tensor, scores: torch.Tensor, names: list[str],
+                    gt_boxes: torch.Tensor | None, out: Path, min_side: int = 384) -> Path:
+    """Predicted boxes (xyxy, original pixels) with "name score" labels in colour, ground truth in thin white,
+    on the original image upscaled so its short side is at least `min_side` pixels; saved as PNG."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    with Image.open(image_path) as im:
+        image = np.array(im.convert("RGB"))
+    s = max(1.0, min_side / min(image.shape[:2]))
+    if s > 1:
+        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * s), round(image.shape[0] * s)),
+                                                         Image.NEAREST))
+    canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
+    if gt_boxes is not None and len(gt_boxes):
+        canvas = draw_bounding_boxes(canvas, gt_boxes.float() * s, colors="white", width=1)
+    if len(boxes):
+        labels = [f"{n} {v:.2f}" for n, v in zip(names, scores.tolist())]
+        canvas = draw_bounding_boxes(canvas, boxes.float() * s, labels=labels, colors=[name_color(n) for n in names],
+                                     width=2)
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out)
+    return out

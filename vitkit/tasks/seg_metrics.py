@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ..viz import VOC_PALETTE, colorize, palette  # noqa: F401  (palette re-exported: its old home)
+
 
 def confusion_metric(num_classes: int, ignore_index: int | None = 255) -> MulticlassConfusionMatrix:
     """torchmetrics' confusion matrix (rows: true class, columns: predicted), summed over every update and
@@ -93,33 +95,13 @@ def _num(v: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- pictures
-def palette(num_colors: int = 256) -> np.ndarray:
-    """PASCAL VOC's colour map (num_colors, 3) uint8: class 0 black, then well-separated colours from the bits
-    of the class index; 255 (the ignore value) is VOC's light grey-beige."""
-    colors = np.zeros((num_colors, 3), dtype=np.uint8)
-    for i in range(num_colors):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors[i] = (r, g, b)
-    return colors
-
-
-_PALETTE = palette()
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class-index map (H, W) -> RGB (H, W, 3) uint8 in the VOC colours."""
-    return _PALETTE[np.asarray(mask, dtype=np.int64) % 256]
+# palette() and colorize() live in vitkit.viz (imported above, so the old `seg_metrics.palette` still works).
 
 
 def save_index_png(mask: np.ndarray, path: Path) -> None:
     """A palette PNG: pixel values are the class indices (as VOC's SegmentationClass files), shown in colour."""
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
-    image.putpalette(_PALETTE.flatten().tolist())
+    image.putpalette(VOC_PALETTE.flatten().tolist())
     image.save(path)
 
 

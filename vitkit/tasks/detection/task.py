@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics.detection import MeanAveragePrecision
@@ -16,6 +15,7 @@ from torchvision.ops import box_convert
 
 from ...errors import ConfigError
 from ...models import create_model
+from ...viz import draw_detections
 from ..base import VitkitTask
 from ..finetune import WeightEMA
 from ..matcher import HungarianMatcher
@@ -283,36 +283,3 @@ def _detectors() -> list[str]:
     from ...models import list_models
 
     return list_models(family="detection")
-
-
-def draw_detections(image_path: str, boxes: torch.Tensor, scores: torch.Tensor, names: list[str],
-                    gt_boxes: torch.Tensor | None, out: Path, min_side: int = 384) -> Path:
-    """Predicted boxes (xyxy, original pixels) with "name score" labels in colour, ground truth in thin white,
-    on the original image upscaled so its short side is at least `min_side` pixels; saved as PNG."""
-    from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
-
-    with Image.open(image_path) as im:
-        image = np.array(im.convert("RGB"))
-    s = max(1.0, min_side / min(image.shape[:2]))
-    if s > 1:
-        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * s), round(image.shape[0] * s)),
-                                                         Image.NEAREST))
-    canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
-    if gt_boxes is not None and len(gt_boxes):
-        canvas = draw_bounding_boxes(canvas, gt_boxes.float() * s, colors="white", width=1)
-    if len(boxes):
-        labels = [f"{n} {v:.2f}" for n, v in zip(names, scores.tolist())]
-        canvas = draw_bounding_boxes(canvas, boxes.float() * s, labels=labels, colors=[_color(n) for n in names],
-                                     width=2)
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out)
-    return out
-
-
-_PALETTE = [
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe", "#008080",
-]
-
-
-def _color(name: str) -> str:
-    return _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
