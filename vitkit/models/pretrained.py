@@ -230,6 +230,13 @@ _HF_DROPPED = {  # keys vitkit has no place for, with the reason given in the re
 }
 
 
+def rename_transformers_vit(sd: StateDict) -> StateDict:
+    """A transformers ViT encoder's weights (no model prefix: `embeddings.*`, `encoder.layer.N.*` or `layers.N.*`,
+    `layernorm.*`) under timm/vitkit names, q/k/v fused into qkv; keys with no mapping kept as they are. The one
+    rename table of every transformers import (ViT, DeiT, the YOLOS encoder)."""
+    return _fuse_qkv({_rename(k, _HF_RENAMES) or k: v for k, v in sd.items()})
+
+
 def _rename(key: str, rules) -> str | None:
     for pattern, repl in rules:
         new, n = re.subn(pattern, repl, key)

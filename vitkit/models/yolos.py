@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +20,7 @@ from ..errors import CheckpointError
 from ..nn import resample_pos_embed
 from .encoders import build_encoder, own_sizes_unused
 from .heads.detection import Output, PredictionMLP
-from .pretrained import load_checkpoint_file, load_pretrained
+from .pretrained import load_checkpoint_file, load_pretrained, rename_transformers_vit
 from .registry import register_model
 
 log = logging.getLogger("vitkit")
@@ -139,21 +138,9 @@ class YOLOS(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ transformers import
-_L = r"^vit\.encoder\.layer\.(\d+)\."
-_RENAMES = [
-    (r"^vit\.embeddings\.cls_token$", "encoder.cls_token"),
-    (r"^vit\.embeddings\.detection_tokens$", "det_token"),
-    (r"^vit\.embeddings\.patch_embeddings\.projection\.", "encoder.patch_embed.proj."),
-    (r"^vit\.layernorm\.", "encoder.norm."),
-    (_L + r"attention\.attention\.(query|key|value)\.", r"encoder.blocks.\1.attn.\2."),
-    (_L + r"attention\.output\.dense\.", r"encoder.blocks.\1.attn.proj."),
-    (_L + r"layernorm_before\.", r"encoder.blocks.\1.norm1."),
-    (_L + r"layernorm_after\.", r"encoder.blocks.\1.norm2."),
-    (_L + r"intermediate\.dense\.", r"encoder.blocks.\1.mlp.fc1."),
-    (_L + r"output\.dense\.", r"encoder.blocks.\1.mlp.fc2."),
-    (r"^class_labels_classifier\.", "class_embed."),
-    (r"^bbox_predictor\.", "bbox_embed."),
-]
+# YOLOS's own keys; the `vit.*` encoder goes through the transformers ViT table (`rename_transformers_vit`)
+_YOLOS_RENAMES = {"vit.embeddings.detection_tokens": "det_token", "class_labels_classifier.": "class_embed.",
+                  "bbox_predictor.": "bbox_embed."}
 
 
 def convert_hf_yolos(
@@ -170,22 +157,23 @@ def convert_hf_yolos(
     """
     sd = {k.removeprefix("model."): v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {}
+    vit: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        new = key
-        for pattern, repl in _RENAMES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        out[new] = value
-    _fuse_qkv(out)
+        own = next((o for o in _YOLOS_RENAMES if key.startswith(o)), None)
+        if own is not None:
+            out[_YOLOS_RENAMES[own] + key[len(own):]] = value
+        elif key.startswith("vit."):
+            vit[key[len("vit."):]] = value
+        else:
+            out[key] = value
+    pe = vit.pop("embeddings.position_embeddings")  # (1, 1 + P + det, D)
+    # (depth - 1, 1, 1 + P + det, D): the files' name, and the name of transformers 5's loaded module
+    mid = vit.pop("encoder.mid_position_embeddings", vit.pop("encoder.interpolation.mid_position_embeddings", None))
+    out.update({f"encoder.{k}": v for k, v in rename_transformers_vit(vit).items()})
     n_det = out["det_token"].shape[1]
-    pe = out.pop("vit.embeddings.position_embeddings")  # (1, 1 + P + det, D)
     grid = hf_grid or _guess_grid(pe.shape[1] - 1 - n_det)
     out["encoder.pos_embed"] = _resample(pe[:, : pe.shape[1] - n_det], grid, model)
     out["det_pos_embed"] = pe[:, pe.shape[1] - n_det :]
-    # (depth - 1, 1, 1 + P + det, D): the files' name, and the name of transformers 5's loaded module
-    mid = out.pop("vit.encoder.mid_position_embeddings",
-                  out.pop("vit.encoder.interpolation.mid_position_embeddings", None))
     if mid is not None:
         layers = [torch.cat([_resample(m[:, : m.shape[1] - n_det], grid, model), m[:, m.shape[1] - n_det :]], 1)
                   for m in mid]
@@ -233,13 +221,6 @@ def load_hf_yolos(
     log.info("loaded YOLOS checkpoint %s (%d tensors%s)", source, len(target),
              f"; ignored {', '.join(unexpected)}" if unexpected else "")
     return {"missing": missing, "unexpected": unexpected}
-
-
-def _fuse_qkv(sd: dict[str, torch.Tensor]) -> None:
-    for key in [k for k in sd if re.search(r"\.attn\.query\.(weight|bias)$", k)]:
-        stem, kind = key.rsplit(".query.", 1)
-        parts = [sd.pop(f"{stem}.{p}.{kind}") for p in ("query", "key", "value")]
-        sd[f"{stem}.qkv.{kind}"] = torch.cat(parts, dim=0)
 
 
 def _resample(pe: torch.Tensor, grid: tuple[int, int], model: YOLOS) -> torch.Tensor:
