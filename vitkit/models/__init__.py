@@ -4,12 +4,13 @@
 from . import detr, segmenter, seq2seq, vit, yolos  # noqa: F401
 from .captioner import CaptionTransformer, VQATransformer
 from .detr import DetrViT
+from .encoders import build_encoder
 from .registry import create_model, list_models, register_model
 from .seq2seq import Seq2SeqTransformer, TextDecoder, TextEncoder
 from .vit import VisionTransformer
 from .yolos import YOLOS
 
 __all__ = [
-    "create_model", "list_models", "register_model", "VisionTransformer", "Seq2SeqTransformer", "TextDecoder",
+    "create_model", "list_models", "register_model", "build_encoder", "VisionTransformer", "Seq2SeqTransformer", "TextDecoder",
     "TextEncoder", "CaptionTransformer", "VQATransformer", "DetrViT", "YOLOS",
 ]
