@@ -11,6 +11,6 @@ from .vit import VisionTransformer
 from .yolos import YOLOS
 
 __all__ = [
-    "create_model", "list_models", "register_model", "build_encoder", "VisionTransformer", "Seq2SeqTransformer", "TextDecoder",
-    "TextEncoder", "CaptionTransformer", "VQATransformer", "DetrViT", "YOLOS",
+    "create_model", "list_models", "register_model", "build_encoder", "VisionTransformer", "Seq2SeqTransformer",
+    "TextDecoder", "TextEncoder", "CaptionTransformer", "VQATransformer", "DetrViT", "YOLOS",
 ]
