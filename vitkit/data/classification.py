@@ -4,26 +4,43 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 import albumentations as A
 import numpy as np
-import torch
 import torchvision
-from PIL import Image
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..errors import ConfigError, DataError, DatasetNotFoundError, require
+from ..errors import DataError, DatasetNotFoundError, require
 from .base import VitkitDataModule
-from .images import ImageStats, decode_all, image_stats, list_images, load_rgb, scan_images
+from .classification_sets import (  # noqa: F401 - names not used here stay importable from here, as before the split
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    DIGIT_CLASSES,
+    FASHION_MNIST_CLASSES,
+    TORCHVISION_SOURCES,
+    ArrayDataset,
+    TorchvisionSource,
+    _class_names,
+    _collate_named,
+    _digits_arrays,
+    _load_torchvision,
+    _subset_label_map,
+    stratified_split,
+)
+from .folders import (  # noqa: F401 - likewise
+    FileDataset,
+    Sample,
+    _as_rgb,
+    _report_skipped,
+    folder_classes,
+    folder_samples,
+    write_image_folder,
+)
+from .images import ImageStats, image_stats, list_images, scan_images
 from .loading import STAGE_SPLITS
 from .transforms import (
     DEFAULT_TRANSFORMS,
@@ -40,102 +57,6 @@ DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
 CacheMode = Literal["auto", "ram", "none"]
 _CACHE_MODES = get_args(CacheMode)
 Split = Literal["train", "val", "test", "predict"]
-Sample = tuple[str, int]  # (image path, class index)
-
-
-DIGIT_CLASSES = tuple(str(d) for d in range(10))
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_CLASSES = tuple(
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
-    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
-    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
-    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
-    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
-    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm".split()
-)
-
-
-@dataclass(frozen=True)
-class TorchvisionSource:
-    """A dataset read through torchvision: its class there, its name for people, where its files lie under root."""
-
-    cls_name: str
-    title: str
-    folder: str
-    classes: tuple[str, ...]
-
-    def missing_message(self, root: str) -> str:
-        return (
-            f"{self.title} not found under '{root}' (data.root); expected {os.path.join(root, self.folder)}. "
-            "Set data.download: true to fetch it (needs network) or place the files there (see datasets/README.md)"
-        )
-
-
-TORCHVISION_SOURCES = {
-    "mnist": TorchvisionSource("MNIST", "MNIST", os.path.join("MNIST", "raw"), DIGIT_CLASSES),
-    "fashion_mnist": TorchvisionSource(
-        "FashionMNIST", "Fashion-MNIST", os.path.join("FashionMNIST", "raw"), FASHION_MNIST_CLASSES
-    ),
-    "cifar10": TorchvisionSource("CIFAR10", "CIFAR-10", "cifar-10-batches-py", CIFAR10_CLASSES),
-    "cifar100": TorchvisionSource("CIFAR100", "CIFAR-100", "cifar-100-python", CIFAR100_CLASSES),
-}
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W) gray -> (H, W, 3); an (H, W, 3) image is returned as it is."""
-    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-
-
-class ArrayDataset(Dataset):
-    """In-memory uint8 images, (N, H, W) gray or (N, H, W, 3) RGB; items are (image, label) or (image, name)."""
-
-    def __init__(
-        self, images: np.ndarray, labels: np.ndarray, names: list[str], transform: A.Compose, with_names: bool = False
-    ) -> None:
-        self.images, self.labels, self.names = images, labels, names
-        self.transform = transform
-        self.with_names = with_names
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
-        tensor = self.transform(image=_as_rgb(self.images[index]))["image"]  # (3, img_size, img_size) float32
-        return tensor, self.names[index] if self.with_names else int(self.labels[index])
-
-
-class FileDataset(Dataset):
-    """Image files decoded by `load_rgb` on every access, or once into memory by `cache()`; items are
-    (image, label) or (image, path)."""
-
-    def __init__(self, samples: list[Sample], transform: A.Compose, with_paths: bool = False) -> None:
-        self.samples = samples
-        self.transform = transform
-        self.with_paths = with_paths
-        self.images: np.ndarray | list[np.ndarray] | None = None  # decoded uint8 images, once cached
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | str]:
-        path, label = self.samples[index]
-        image = load_rgb(path) if self.images is None else _as_rgb(self.images[index])
-        tensor = self.transform(image=image)["image"]  # (H, W, 3) uint8 -> (3, img_size, img_size)
-        return tensor, path if self.with_paths else label
-
-    def cache(self, workers: int | None = None) -> None:
-        """Decode every file once (threads; PIL releases the GIL) and serve the pixels from memory from now on:
-        gray images take one byte a pixel, and a folder of one image size becomes one array, which DataLoader
-        worker processes share with this one instead of copying."""
-        if self.images is not None:
-            return
-        images = decode_all([path for path, _ in self.samples], workers)
-        same = len({(im.shape, im.dtype) for im in images}) == 1
-        self.images = np.stack(images) if same else images
 
 
 class ClassificationDataModule(VitkitDataModule):
@@ -471,144 +392,7 @@ def _check_hparams(h) -> None:
     require(h.cache_budget_mb >= 0, "data.cache_budget_mb", h.cache_budget_mb, "0 or more MiB")
 
 
-def _subset_label_map(classes: list[int] | None, names: list[str], dataset: str) -> np.ndarray | None:
-    """Original label -> position in `classes` (-1 for the others), or None to keep all; checks data.classes."""
-    if classes is None:
-        return None
-    valid = f"distinct class indices in 0..{len(names) - 1} (the {len(names)} classes of {dataset})"
-    require(len(classes) > 0, "data.classes", classes, f"a non-empty list of {valid}, or null for all")
-    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(names)]
-    require(not bad, "data.classes", classes, f"{valid}; out of range or not an integer: {bad}")
-    dupes = sorted({c for c in classes if list(classes).count(c) > 1})
-    require(not dupes, "data.classes", classes, f"{valid}; repeated: {dupes}")
-    label_map = np.full(len(names), -1, dtype=np.int64)
-    label_map[list(classes)] = np.arange(len(classes))
-    return label_map
-
-
-def _class_names(dataset: str, root: str) -> list[str]:
-    if dataset == "digits":
-        return list(DIGIT_CLASSES)
-    if dataset == "imagefolder":
-        return folder_classes(os.path.join(root, "train"))
-    return list(TORCHVISION_SOURCES[dataset].classes)
-
-
-@functools.cache
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled digits as uint8 images (1797, 8, 8) in 0..255 and int64 labels (1797,)."""
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # values 0..16 -> 0..255
-    return images, digits.target.astype(np.int64)
-
-
-def _load_torchvision(dataset: str, root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Official train or test set as uint8 images, (N, H, W) or (N, H, W, 3), and int64 labels (N,)."""
-    source = TORCHVISION_SOURCES[dataset]
-    cls = getattr(torchvision.datasets, source.cls_name)
-    try:
-        data = cls(root, train=train, download=False)
-    except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. You can use download=True ..."
-        raise DatasetNotFoundError(f"{source.missing_message(root)} [torchvision: {err}]") from err
-    except Exception as err:  # noqa: BLE001 - a damaged file: MNIST's idx parser raises ValueError, AssertionError ...
-        folder = os.path.join(root, source.folder)
-        raise DataError(
-            f"{source.title}: the files under {folder} cannot be read ({type(err).__name__}: {err}); expected the "
-            "official files, complete: delete them and set data.download: true, or copy them again"
-        ) from err
-    return np.asarray(data.data), np.asarray(data.targets, dtype=np.int64)
-
-
-def stratified_split(
-    labels: np.ndarray, n_held: int, seed: int, what: str, field: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of positions 0..len(labels)-1, stratified by label, into sorted (kept, held out) index arrays.
-
-    `n_held` positions are held out; `what` and `field` name the data and the config field in errors.
-    """
-    try:
-        keep, held = train_test_split(np.arange(len(labels)), test_size=n_held, random_state=seed, stratify=labels)
-    except ValueError as err:
-        raise DataError(
-            f"{what}: cannot hold out {n_held} of {len(labels)} images with a split stratified by class ({err}); "
-            f"expected a {field} that leaves at least one image per class on each side"
-        ) from err
-    return np.sort(keep), np.sort(held)
-
-
-def folder_classes(directory: str) -> list[str]:
-    """Sorted class sub-folder names of an ImageFolder split; hidden ones (.ipynb_checkpoints ...) are ignored."""
-    if not os.path.isdir(directory):
-        raise DatasetNotFoundError(
-            f"{directory}: folder not found; expected ImageFolder data laid out as <data.root>/train/<class>/<image> "
-            "(see datasets/README.md)"
-        )
-    try:
-        classes, _ = find_classes(directory)
-    except FileNotFoundError:
-        classes = []
-    classes = [name for name in classes if not name.startswith(".")]
-    if not classes:
-        raise DatasetNotFoundError(f"{directory}: no class folders found; expected one sub-folder of images per class")
-    return classes
-
-
-def folder_samples(directory: str, class_to_idx: dict[str, int]) -> list[Sample]:
-    """(path, class index) of every image under `directory`/<class>/, sorted; classes must be among `class_to_idx`."""
-    classes = folder_classes(directory)
-    unknown = sorted(set(classes) - set(class_to_idx))
-    if unknown:
-        raise DataError(
-            f"{directory}: class folder(s) {unknown} are not among the training classes; "
-            f"expected a subset of {sorted(class_to_idx)}"
-        )
-    try:
-        return make_dataset(directory, {name: class_to_idx[name] for name in classes}, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:  # a class folder without images
-        raise DatasetNotFoundError(f"{directory}: {err}") from err
-
-
-def _collate_named(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-    """Predict batches: images (B, 3, H, W) and a list of B names (default_collate would give a tuple)."""
-    images, names = zip(*batch)
-    return torch.stack(images), list(names)
-
 
 @rank_zero_only
 def _log_once(message: str) -> None:
     log.info(message)
-
-
-@rank_zero_only
-def _report_skipped(skipped: list[tuple[str, str]], shown: int = 5) -> None:
-    listed = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    message = f"skipped {len(skipped)} unreadable image(s) (data.skip_corrupt: true): {listed}{more}"
-    log.warning(message)
-    rank_zero_warn(message)
-
-
-def write_image_folder(
-    dm: ClassificationDataModule, root: str, splits: Sequence[str] = ("train", "val", "test")
-) -> dict[str, int]:
-    """Write the splits of an in-memory dataset (digits, MNIST, CIFAR ...) as PNG class folders,
-    `<root>/<split>/<class>/<index>.png`, the layout `dataset: imagefolder` reads: to train a dataset through
-    the user-data path, on the very split the in-memory run uses. Class folders sort in label order (names
-    that would not are prefixed with their index). Returns the images written per split."""
-    if dm.hparams.dataset == "imagefolder":
-        raise ConfigError(f"write_image_folder: data.dataset is already an image folder ({dm.hparams.root})")
-    safe = [re.sub(r"[^\w.-]+", "_", name) for name in dm.class_names]
-    if sorted(safe) != safe or len(set(safe)) != len(safe):
-        width = len(str(len(safe) - 1))
-        safe = [f"{i:0{width}d}_{name}" for i, name in enumerate(safe)]
-    written = {}
-    for split in splits:
-        images, labels, names = dm._array_split(split)
-        for folder in {safe[label] for label in labels}:
-            os.makedirs(os.path.join(root, split, folder), exist_ok=True)
-        width = len(str(max((int(name.rsplit("/", 1)[-1]) for name in names), default=0)))
-        for image, label, name in zip(images, labels, names):
-            index = int(name.rsplit("/", 1)[-1])  # "<dataset>/<split>/<index into the source set>"
-            Image.fromarray(image).save(os.path.join(root, split, safe[label], f"{index:0{width}d}.png"))
-        written[split] = len(labels)
-    return written
