@@ -148,10 +148,10 @@ def test_transformers_deit_distillation_token_is_dropped_and_reported(tmp_path):
     sd = src.state_dict()
     model = _vitkit()
     with pytest.raises(CheckpointError, match="distillation"):
-        load_pretrained(model, sd, strict=True)
-    report = load_pretrained(model, sd)
+        load_pretrained(model, sd)  # strict by default: without the token the features are not the source's
+    report = load_pretrained(model, sd, strict=False)
     assert "deit.embeddings.distillation_token" in report.dropped and "distillation" in str(report)
-    assert report.ok and not report.head_reinitialised  # cls_classifier became the head
+    assert not report.ok and report.lossy and not report.head_reinitialised  # cls_classifier became the head
     pe = sd["deit.embeddings.position_embeddings"]
     torch.testing.assert_close(model.pos_embed, torch.cat([pe[:, :1], pe[:, 2:]], 1), rtol=0, atol=0)
     torch.testing.assert_close(model.head.weight, sd["cls_classifier.weight"], rtol=0, atol=0)
@@ -203,9 +203,9 @@ def test_strict_refuses_a_missing_key_without_touching_the_model(tmp_path):
     model = _vitkit()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"missing blocks\.1\.norm2\.weight.*unexpected extra\.weight"):
-        load_pretrained(model, sd, strict=True)
+        load_pretrained(model, sd)  # strict is the default
     _assert_body_equal(model, before, skip=())
-    report = load_pretrained(model, sd)
+    report = load_pretrained(model, sd, strict=False)
     assert report.missing == ["blocks.1.norm2.weight"] and report.unexpected == ["extra.weight"] and not report.ok
     assert "missing" in str(report) and "blocks.1.norm2.weight" in str(report)
 

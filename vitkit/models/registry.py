@@ -39,13 +39,19 @@ def list_models(pattern: str = "*", family: str | None = "vision") -> list[str]:
     return sorted(fnmatch.filter(names, pattern))
 
 
-def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_head: bool = False,
-                 **kwargs) -> nn.Module:
+def create_model(name: str | None = None, pretrained: str | os.PathLike | None = None, reset_head: bool = False,
+                 strict: bool = True, **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments override its config (num_classes, img_size, ...).
-    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.weights.load_pretrained`, or by
+    `pretrained`: a timm/torchvision/transformers checkpoint file loaded by `vitkit.models.load_pretrained`, or by
     the model's own `load_pretrained` where it has one (detectors), or by its builder (segmenters: the encoder's file)
     (`reset_head=True` keeps the model's fresh classifier even when the checkpoint's would fit). Without an
-    explicit `num_classes`, a checkpoint head of another class count is an error rather than a silent swap."""
+    explicit `num_classes`, a checkpoint head of another class count is an error rather than a silent swap.
+    Loading is strict: a key that does not load is an error naming the fix; `strict=False` loads what fits.
+
+    A transformers `save_pretrained` folder (or `hf-hub:<org>/<name>` in the local Hub cache) needs no name: its
+    config.json picks the architecture, `create_model(pretrained="path/to/folder", num_classes=10)`."""
+    if name is None:
+        return _from_hf_folder(pretrained, reset_head, strict, **kwargs)
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see vitkit.list_models(family=None)"
@@ -62,7 +68,22 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, reset_h
         log.info("%s", model.load_pretrained(pretrained))
         return model
 
-    load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs)
+    load_pretrained(model, pretrained, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs,
+                    strict=strict)
+    return model
+
+
+def _from_hf_folder(pretrained, reset_head: bool, strict: bool, **kwargs) -> nn.Module:
+    from .hf_folders import is_hf_folder, read_hf_folder
+    from .vit import VisionTransformer
+
+    if pretrained is None or not is_hf_folder(pretrained):
+        raise ValueError(f"create_model: no model name and pretrained={pretrained!r}; expected a registered name "
+                         f"(vitkit.list_models()) or a transformers save_pretrained folder (config.json + weights)")
+    folder = read_hf_folder(pretrained)
+    model = VisionTransformer(**{**folder.kwargs, **kwargs})
+    load_pretrained(model, folder, reset_head=reset_head, num_classes_changed_ok="num_classes" in kwargs,
+                    strict=strict)
     return model
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rope import apply_rope
+
 
 @dataclass
 class KVCache:
@@ -79,6 +81,10 @@ class Attention(nn.Module):
 
     Set `capture = True` (or use `vitkit.nn.capture_attention`) to keep the attention weights of the last
     call in `attn_weights` (B, heads, N_query, N_key); the output is the same, computed without SDPA.
+
+    `forward(rope=emb)` rotates queries and keys after the q/k norms (2-D RoPE, `vitkit.nn.rope`), all but the
+    first `num_prefix_tokens` (class, registers); `rope_rotate_half` picks the rotated-halves channel layout
+    (DINOv3) over interleaved pairs. `scale_norm` adds a LayerNorm `norm` before the output projection (EVA-02).
     """
 
     def __init__(
@@ -91,6 +97,10 @@ class Attention(nn.Module):
         proj_drop: float = 0.0,
         cross: bool = False,
         kv_dim: int | None = None,
+        norm_eps: float = 1e-6,
+        scale_norm: bool = False,
+        num_prefix_tokens: int = 0,
+        rope_rotate_half: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -104,9 +114,13 @@ class Attention(nn.Module):
             self.kv = nn.Linear(kv_dim or dim, dim * 2, bias=qkv_bias)
         else:
             self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.rope_rotate_half = rope_rotate_half
+        self.scale_norm = scale_norm
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if scale_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.capture = False
@@ -150,6 +164,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         num_queries: int | None = None,
+        rope: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`num_queries` (self-attention without cache): only the first `num_queries` tokens ask, all tokens
         answer; the output is theirs, (B, num_queries, C) — exactly those rows of the full output."""
@@ -160,6 +175,11 @@ class Attention(nn.Module):
         past = cache.length if (cache is not None and not self.cross) else 0
         q, k, v = self._project(x, context, cache, num_queries)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            if self.cross or cache is not None:
+                raise ValueError("rope applies to self-attention over an image's tokens, without a KV cache")
+            q = apply_rope(q, rope, self.num_prefix_tokens, self.rope_rotate_half)
+            k = apply_rope(k, rope, self.num_prefix_tokens, self.rope_rotate_half)
         if is_causal and (past > 0 or attn_mask is not None or self.capture):
             # SDPA's is_causal is top-left aligned and excludes a mask: spell the mask out instead.
             causal = causal_mask(N, k.shape[2], device=x.device)
@@ -172,6 +192,8 @@ class Attention(nn.Module):
             with _sdpa_context():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, heads, N, C/heads) -> (B, N, C)
+        if self.scale_norm:
+            out = self.norm(out)
         return self.proj_drop(self.proj(out))
 
     def _explicit(self, q, k, v, attn_mask, is_causal):

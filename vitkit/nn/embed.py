@@ -27,10 +27,14 @@ class PatchEmbed(nn.Module):
     then patchifies what is left of the patch (a 1x1 conv once the stem has reduced by p). Same tokens out,
     but local edges and corners come from convolutions: on small images from scratch a ViT sees shapes far
     sooner (`benchmarks/conv_stem.py`). Without it the module and its weights are timm's.
+
+    `bias=False` drops the projection's bias (CLIP, whose `norm_pre` follows). `dynamic_img_size=True` accepts
+    any input size the patch divides (`img_size` is then the size the position embedding was made for).
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,
-                 embed_dim: int = 768, stem_channels: Sequence[int] | None = None) -> None:
+                 embed_dim: int = 768, stem_channels: Sequence[int] | None = None, bias: bool = True,
+                 dynamic_img_size: bool = False) -> None:
         super().__init__()
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
@@ -47,10 +51,21 @@ class PatchEmbed(nn.Module):
         self.stem, kernel, width = None, self.patch_size, in_chans
         if stem_channels:
             self.stem, kernel, width = _conv_stem(in_chans, list(stem_channels), self.patch_size)
-        self.proj = nn.Conv2d(width, embed_dim, kernel_size=kernel, stride=kernel)
+        self.proj = nn.Conv2d(width, embed_dim, kernel_size=kernel, stride=kernel, bias=bias)
+        self.dynamic_img_size = dynamic_img_size
+
+    def feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid (h, w) of an input of size (H, W)."""
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:
+        if self.dynamic_img_size:
+            ok = x.ndim == 4 and x.shape[1] == self.in_chans and all(
+                s > 0 and s % p == 0 for s, p in zip(x.shape[-2:], self.patch_size))
+            if not ok:
+                raise ValueError(f"PatchEmbed: input of shape {tuple(x.shape)}; expected (B, {self.in_chans}, H, W) "
+                                 f"with H and W multiples of the patch size {self.patch_size}")
+        elif x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"PatchEmbed: input of shape {tuple(x.shape)}; expected (B, {self.in_chans}, "
                 f"{self.img_size[0]}, {self.img_size[1]}). Build the model with img_size={tuple(x.shape[-2:])} "
