@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import vitkit
 from vitkit.errors import CheckpointError
 from vitkit.models import hf_folders
 from vitkit.models.hf_folders import SUPPORTED_MODEL_TYPES, is_hf_folder, read_hf_folder
@@ -410,3 +411,28 @@ def test_unknown_checkpoint_key_is_refused_not_dropped(tmp_path):
     save_file(sd, str(path / "model.safetensors"))
     msg = _error(path)
     assert str(path) in msg and "encoder.layer.0.attention.attention.q_norm.weight" in msg and "'vit'" in msg
+
+
+# ------------------------------------------------------------------------------------ through create_model
+@pytest.mark.parametrize("name", ["vit_cls", "dinov2_reg", "clip_vision", "siglip_vision"])
+def test_create_model_from_a_folder_needs_no_name(tmp_path, name):
+    """The user's one line: the folder's config picks the architecture; num_classes puts a fresh head on it."""
+    _, src, compare, path = _saved(tmp_path, name)
+    model = vitkit.create_model(pretrained=str(path)).eval()
+    with torch.no_grad():
+        for ours, theirs in _outputs(model, src, compare, _images()):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    tuned = vitkit.create_model(pretrained=path, num_classes=5, img_size=48)  # positions resampled to 48 px
+    assert tuned(torch.randn(1, 3, 48, 48)).shape == (1, 5)
+
+
+def test_folder_into_a_named_model_of_another_family_is_refused(tmp_path):
+    _, _, _, path = _saved(tmp_path, "clip_vision")
+    with pytest.raises(CheckpointError, match="pre_norm"):
+        vitkit.create_model("vit_tiny_patch16_224", pretrained=path, img_size=32, patch_size=8, embed_dim=32,
+                            depth=2, num_heads=2)
+
+
+def test_no_name_and_no_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="registered name"):
+        vitkit.create_model(pretrained=tmp_path / "nothing.pth")

@@ -310,9 +310,9 @@ def _vit(config: dict, **kwargs) -> VisionTransformer:
 _SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 
 
-def _sized(size: str, patch_size: int, **kwargs) -> VisionTransformer:
+def _sized(size: str, patch: int, **kwargs) -> VisionTransformer:
     dim, depth, heads = _SIZES[size]
-    return _vit(dict(patch_size=patch_size, embed_dim=dim, depth=depth, num_heads=heads), **kwargs)
+    return _vit(dict(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads), **kwargs)
 
 
 @register_model
