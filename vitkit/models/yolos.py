@@ -88,6 +88,10 @@ class YOLOS(nn.Module):
             missing = [a for a in ("_pos_embed", "blocks", "norm") if not hasattr(self.encoder, a)]
             if missing:
                 raise ValueError(f"YOLOS: encoder {encoder!r} has no {missing}; expected a ViT (vitkit or timm)")
+        if getattr(self.encoder, "rope", None) is not None:
+            raise ValueError(f"YOLOS: encoder {encoder!r} uses rotary position embeddings, which cover only its patch "
+                             f"grid, not YOLOS's detection tokens; expected an encoder with learned or sin-cos "
+                             f"positions (e.g. vit_small_patch14_dinov2), or a DETR detector (detr_vit_*) for this one")
         embed_dim, depth = self.encoder.embed_dim, len(self.encoder.blocks)
         self.det_token = nn.Parameter(torch.zeros(1, num_det_tokens, embed_dim))
         self.det_pos_embed = nn.Parameter(torch.zeros(1, num_det_tokens, embed_dim))
@@ -107,7 +111,7 @@ class YOLOS(nn.Module):
         """images (B, 3, H, W) -> "pred_logits" (B, det, K+1), "pred_boxes" (B, det, 4) normalised cxcywh.
         `targets` is accepted for a common interface with `DetrViT` and not used."""
         enc = self.encoder
-        x = enc._pos_embed(enc.patch_embed(images))  # (B, 1 + N, D) with positions
+        x = enc.norm_pre(enc._pos_embed(enc.patch_embed(images)))  # (B, 1 + N, D) with positions
         det = (self.det_token + self.det_pos_embed).expand(x.shape[0], -1, -1)
         x = torch.cat([x, det], dim=1)  # (B, 1 + N + det, D)
         for i, block in enumerate(enc.blocks):
