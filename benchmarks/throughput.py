@@ -30,6 +30,7 @@ Usage (from the repository root):
     python benchmarks/throughput.py --quick             # a tiny set, ~1-2 min on 2 CPU cores
     python benchmarks/throughput.py --models vit_base_patch16_224 --modes train --batch-size 64 \\
         --precision bf16 --compile --json out.json      # one config on a GPU, all raw numbers to out.json
+    python benchmarks/throughput.py --families --threads 1 --json out.json   # DINOv2/v3, CLIP, SigLIP, EVA-02, RoPE
     python benchmarks/throughput.py --list              # the model configs it knows
 """
 from __future__ import annotations
@@ -88,6 +89,20 @@ TIMM_EQUIVALENT: dict[str, tuple[str, dict]] = {
         {"patch_size": 4, "img_size": 32, "embed_dim": 128, "depth": 6, "num_heads": 4},
     ),
 }
+
+# The pretrained families (--families): vitkit's registered name is timm's; the kwargs go to both libraries (the
+# families' CPU-sized members at 224 px: ViT-S sizes for CLIP/SigLIP, whose smallest timm size is ViT-B).
+FAMILY_KWARGS: dict[str, dict] = {
+    "vit_small_patch14_dinov2": {"img_size": 224},
+    "vit_small_patch14_reg4_dinov2": {"img_size": 224},
+    "vit_base_patch16_clip_224": {"embed_dim": 384, "num_heads": 6},
+    "vit_base_patch16_siglip_224": {"embed_dim": 384, "num_heads": 6},
+    "eva02_small_patch14_224": {},
+    "vit_small_patch16_rope_224": {},
+    "vit_small_patch16_rope_mixed_224": {},
+    "vit_small_patch16_dinov3": {"img_size": 224},
+}
+TIMM_EQUIVALENT.update({name: (name, kwargs) for name, kwargs in FAMILY_KWARGS.items()})
 
 # Default batch per model when --batch-size is not given: (cpu, cuda).
 DEFAULT_BATCH = {"vit_tiny_patch4_32": (64, 256), "vit_nano_patch4_32": (64, 256), "vit_small_patch4_32": (32, 256)}
@@ -159,8 +174,14 @@ def build_pair(name: str, num_classes: int, device: torch.device,
     (e.g. patch_drop_rate) change what vitkit computes, not its parameters; rows made so are labelled."""
     timm_name, timm_kwargs = TIMM_EQUIVALENT[name]
     ref = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **timm_kwargs)
-    ours = vitkit.create_model(name, num_classes=num_classes, **(vitkit_kwargs or {}))
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    shared = FAMILY_KWARGS.get(name, {})
+    ours = vitkit.create_model(name, num_classes=num_classes, **shared, **(vitkit_kwargs or {}))
+    state = ref.state_dict()
+    if type(ref).__name__ == "Eva":  # EVA-02, RoPE ViTs, DINOv3: timm's other ViT class, other weight names
+        from vitkit.models.pretrained import convert_timm_eva
+
+        state = convert_timm_eva(state)
+    ours.load_state_dict(state, strict=True)
     return ref.to(device), ours.to(device)
 
 
@@ -310,7 +331,8 @@ def bench_model(name: str, args, device: torch.device, peak: dict[str, float], o
             for mode in args.modes:
                 result = Result(name, timm_name, timm_kwargs, size, batch, mode, precision, compiled, diff,
                                 sdpa=args.sdpa, vitkit_sdpa=args.vitkit_sdpa, vitkit_kwargs=args.vitkit_kwargs)
-                result.model_flops_per_image = model_flops(ref, x[:2], y[:2], mode, amp) / 2
+                if not args.no_mfu:
+                    result.model_flops_per_image = model_flops(ref, x[:2], y[:2], mode, amp) / 2
                 result.peak_tflops = peak.get(precision)
                 run_interleaved(make_steps(models, mode, x, y, amp), result, args, device)
                 print(format_row(result), file=sys.stderr)
@@ -556,11 +578,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"tiny set: {', '.join(f'{m} batch {b}' for m, b in QUICK_BATCH.items())}; 4 rounds x 3 steps")
     p.add_argument("--json", metavar="PATH", help="write every raw timing and the environment here")
+    p.add_argument("--families", action="store_true",
+                   help=f"the pretrained families at CPU size: {' '.join(FAMILY_KWARGS)}")
     p.add_argument("--list", action="store_true", help="print the known configs and their timm equivalents")
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or list(QUICK_BATCH)
         args.rounds, args.steps, args.warmup = 4, 3, 2
+    if args.families:
+        args.models = args.models or list(FAMILY_KWARGS)
     args.models = args.models or DEFAULT_MODELS
     args.vitkit_kwargs = {k: float(v) if v.replace(".", "", 1).isdigit() else v
                           for k, v in (kv.split("=", 1) for kv in args.vitkit_kwargs)}
