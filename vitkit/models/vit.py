@@ -183,7 +183,9 @@ class VisionTransformer(nn.Module):
         pe = self.pos_embed
         if pe is None:
             return self.pos_drop(torch.cat(prefix + [x], dim=1))
-        if grid is not None and tuple(grid) != self.patch_embed.grid_size:
+        # under export the grid is symbolic: always resample (the identity at the native grid) so that the
+        # graph keeps the resampling instead of specialising on the example's size
+        if grid is not None and (torch.compiler.is_exporting() or tuple(grid) != self.patch_embed.grid_size):
             pe = resample_pos_embed(pe, grid, self.patch_embed.grid_size,
                                     0 if self.no_embed_class else self.num_prefix_tokens)
         if self.no_embed_class:  # positions for patches only, prefix tokens concatenated after

@@ -126,9 +126,11 @@ def resample_pos_embed(
     if old_grid[0] * old_grid[1] != n:
         raise ValueError(f"position embedding has {n} patch positions; "
                          f"old_grid {old_grid} expects {old_grid[0] * old_grid[1]}")
-    new_grid = to_2tuple(new_grid)
-    if tuple(old_grid) == new_grid:
-        return pos_embed
+    # under export the grid is symbolic: int() in to_2tuple would bake the example's size into the graph
+    if not torch.compiler.is_exporting():
+        new_grid = to_2tuple(new_grid)
+        if tuple(old_grid) == new_grid:
+            return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, dim, h, w)
     grid = F.interpolate(grid, size=new_grid, mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"),

@@ -1,0 +1,115 @@
+"""CPU inference of exported models: torch eager vs torch.compile vs onnxruntime (graph optimisation ALL, 2 intra-op
+threads, and 1 for a like-for-like with torch at 1 thread; see --torch-threads), for the digits speedrun classifier
+and the shapes segmenter (random weights: speed does not depend on them). Rounds interleave the runners
+(A, B, C, A, B, C, ...) so that drift in the machine hits each alike.
+
+    python benchmarks/export.py [--rounds 5] [--seconds 1.5] [--torch-threads 1]
+
+Writes benchmarks/results/export.json and prints a markdown table (images/s, ratio vs eager)."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from vitkit.export.formats import trace, write
+from vitkit.export.graphs import build_spec
+from vitkit.tasks import ImageClassifier, SemanticSegmenter
+
+RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
+THREADS = 2
+
+
+def models() -> dict[str, tuple[torch.nn.Module, int]]:
+    """The two configs' models (configs/classification/digits_speedrun.yaml, configs/segmentation/shapes_segmenter.yaml)
+    and the batch size each is timed at."""
+    torch.manual_seed(0)
+    digits = ImageClassifier("vit_nano_patch4_32", num_classes=10, img_size=16, model_kwargs={
+        "depth": 4, "stem_channels": [32, 64, 128], "global_pool": "avg", "class_token": False})
+    shapes = SemanticSegmenter("segmenter_vit_nano_patch8_64", num_classes=5, img_size=64,
+                               model_kwargs={"head": "conv", "head_kwargs": {"channels": 48}})
+    return {"digits classifier (16 px, batch 64)": (digits.eval(), 64),
+            "shapes segmenter (64 px, batch 8)": (shapes.eval(), 8)}
+
+
+def ort_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def runners(task: torch.nn.Module, batch: int, folder: Path) -> dict:
+    spec = build_spec(task, dynamic_size=False)
+    h, w = spec.image_size
+    x = torch.randn(batch, 3, h, w)
+    path = folder / f"{spec.task}.onnx"
+    write(trace(spec.graph, x, {"batch"}, spec.patch_size), path, "onnx", spec.output_names, 18)
+    session, single = ort_session(path, THREADS), ort_session(path, 1)
+    pixels = x.numpy()
+    compiled = torch.compile(spec.graph)
+
+    def eager():
+        with torch.inference_mode():
+            spec.graph(x)
+
+    def compiled_run():
+        with torch.inference_mode():
+            compiled(x)
+
+    return {"torch eager": eager, "torch.compile": compiled_run,
+            f"onnxruntime ({THREADS} threads)": lambda: session.run(None, {"pixels": pixels}),
+            "onnxruntime (1 thread)": lambda: single.run(None, {"pixels": pixels})}
+
+
+def images_per_second(fn, batch: int, seconds: float) -> float:
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per runner per round")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (on the 2-core test machine "
+                   "torch ran ~20x slower with 2 than with 1: its OpenMP workers stall there)")
+    args = p.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (task, batch) in models().items():
+            run = runners(task, batch, Path(tmp))
+            for fn in run.values():  # warm-up (and torch.compile's compilation)
+                for _ in range(3):
+                    fn()
+            speeds = {k: [] for k in run}
+            for _ in range(args.rounds):
+                for k, fn in run.items():
+                    speeds[k].append(images_per_second(fn, batch, args.seconds))
+            eager = statistics.median(speeds["torch eager"])
+            for k, v in speeds.items():
+                med = statistics.median(v)
+                rows.append({"model": name, "runtime": k, "images_per_s": round(med, 1),
+                             "vs_eager": round(med / eager, 2), "rounds": [round(s, 1) for s in v]})
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                   "torch_threads": args.torch_threads, "ort_threads": [THREADS, 1],
+                                   "torch": torch.__version__, "onnxruntime": ort.__version__, "rows": rows},
+                                  indent=2))
+    print("| model | runtime | images/s (median of rounds) | vs eager |\n| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['runtime']} | {r['images_per_s']} | {r['vs_eager']}x |")
+
+
+if __name__ == "__main__":
+    main()

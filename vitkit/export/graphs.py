@@ -1,0 +1,120 @@
+"""Exportable graphs of vitkit's tasks: plain `nn.Module`s whose forward takes pixels and returns named tensors,
+with what `predict` does after the network (detection's top-k boxes) inside the graph. Each `ExportSpec` also says
+how to build the eager reference the exported file is checked against and what the runtime needs to preprocess."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+from ..errors import ConfigError
+
+TEXT_TASKS = ("Seq2Seq", "ImageCaptioner", "VisualQA")
+
+
+@dataclass
+class ExportSpec:
+    """A graph to export and what travels with it."""
+
+    graph: nn.Module
+    task: str  # "classification" | "segmentation" | "detection"
+    image_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    output_names: list[str]
+    dynamic_size: bool  # whether the graph can take another image size than `image_size`
+    extra_meta: dict = field(default_factory=dict)
+
+
+class ClassifierGraph(nn.Module):
+    """pixels (B, 3, H, W) -> logits (B, K)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)
+
+
+class SegmenterGraph(nn.Module):
+    """pixels (B, 3, H, W) -> per-pixel logits (B, K, H, W) at the input size."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
+
+
+class DetectorGraph(nn.Module):
+    """pixels (B, 3, S, S) letterboxed canvases -> boxes (B, k, 4) xyxy in canvas pixels clamped to the canvas,
+    scores (B, k), labels (B, k) int64: the top-k (query, class) pairs of `tasks.detection.postprocess`, before its
+    per-image rescale to original pixels and score threshold (the runtime does those; they need each image's size)."""
+
+    def __init__(self, model: nn.Module, top_k: int) -> None:
+        super().__init__()
+        self.model, self.top_k = model, top_k
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(pixels)
+        prob = out["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Q, K), "no object" dropped
+        Q, K = prob.shape[1], prob.shape[2]
+        scores, index = prob.flatten(1).topk(min(self.top_k, Q * K), dim=1)  # (B, k)
+        query, labels = index // K, index % K
+        canvas = pixels.shape[-1]
+        xyxy = box_convert(out["pred_boxes"].float(), "cxcywh", "xyxy") * canvas  # (B, Q, 4) canvas pixels
+        boxes = xyxy.gather(1, query[..., None].expand(-1, -1, 4)).clamp(0, canvas)
+        return boxes, scores, labels
+
+
+def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
+    """The exportable graph of a loaded task (a copy: the task itself is left as it was)."""
+    name = type(task).__name__
+    if name in TEXT_TASKS:
+        raise ConfigError(f"{name}: not exportable yet; vitkit export handles ImageClassifier, SemanticSegmenter and "
+                          "ObjectDetector (DETR-style and YOLOS) checkpoints")
+    net = copy.deepcopy(getattr(task, "net", task.model)).eval()
+    if name == "ImageClassifier":
+        _allow_any_size(net, dynamic_size, name)
+        return ExportSpec(ClassifierGraph(net), "classification", tuple(net.img_size), tuple(net.patch_size),
+                          ["logits"], dynamic_size, {"top_k": task.k})
+    if name == "SemanticSegmenter":
+        _allow_any_size(net.encoder, dynamic_size, name)
+        return ExportSpec(SegmenterGraph(net), "segmentation", tuple(net.img_size), tuple(net.patch_size),
+                          ["logits"], dynamic_size)
+    if name == "ObjectDetector":
+        if dynamic_size:
+            raise ConfigError(f"--dynamic size: {name} ({type(net).__name__}) cannot take another image size: its "
+                              "images are letterboxed onto a fixed square canvas and the position embeddings of its "
+                              "decoder memory / detection tokens are built for that canvas's patch grid; "
+                              "use --dynamic batch")
+        size = tuple(net.img_size)
+        return ExportSpec(DetectorGraph(net, task.top_k), "detection", size, tuple(net.encoder.patch_size),
+                          ["boxes", "scores", "labels"], False,
+                          {"display_threshold": task.display_threshold, "score_threshold": task.score_threshold,
+                           "category_ids": _category_ids(task)})
+    raise ConfigError(f"{name}: not a task vitkit export knows; expected ImageClassifier, SemanticSegmenter or "
+                      "ObjectDetector")
+
+
+def _allow_any_size(encoder: nn.Module, dynamic_size: bool, task: str) -> None:
+    """Let a vitkit ViT take any input size its patch divides (position embeddings resampled in the graph)."""
+    if not dynamic_size:
+        return
+    if not (hasattr(encoder, "dynamic_img_size") and hasattr(getattr(encoder, "patch_embed", None),
+                                                              "dynamic_img_size")):
+        raise ConfigError(f"--dynamic size: the {task}'s encoder {type(encoder).__name__} has no dynamic_img_size "
+                          "switch (only vitkit's VisionTransformer resamples its positions per input); drop 'size'")
+    encoder.dynamic_img_size = encoder.patch_embed.dynamic_img_size = True
+
+
+def _category_ids(task) -> list[int]:
+    """COCO category ids of the detector's labels (the data module's when attached, else 0..K-1)."""
+    try:
+        return task._category_ids()
+    except RuntimeError:  # no trainer attached to a module loaded from a checkpoint
+        return list(range(task.hparams.num_classes))
