@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from vitkit.callbacks import PredictionGallery, curve_panels, read_metrics
 from vitkit.cli import main
@@ -39,13 +38,9 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
+def images(tmp_path_factory, write_digit_pngs) -> Path:
     """Three real digits as 24x24 PNGs in a folder (another size than the model's 16: explain resizes)."""
-    folder = tmp_path_factory.mktemp("digits")
-    digits = load_digits()
-    for i in range(3):
-        Image.fromarray((digits.images[i] * 15).astype(np.uint8)).resize((24, 24)).save(folder / f"d{i}.png")
-    return folder
+    return write_digit_pngs(tmp_path_factory.mktemp("digits"), 3)
 
 
 def explain(*args: str) -> None:

@@ -240,8 +240,8 @@ def show_vitkit_log(level: int = logging.INFO) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `train.py` and the `vitkit` script; vitkit's errors end in one message and exit 2.
-    `explain ...` goes to `vitkit.explain.command` and `check-data ...` to `vitkit.checkdata` (argparse);
-    everything else is LightningCLI."""
+    `explain ...` goes to `vitkit.explain.command`, `check-data ...` to `vitkit.checkdata`, `export ...` to
+    `vitkit.export.command` and `serve ...` to `vitkit.serve.command` (argparse); everything else is LightningCLI."""
     argv = sys.argv[1:] if args is None else list(args)
     show_vitkit_log()
     try:
@@ -253,6 +253,14 @@ def main(args: list[str] | None = None) -> None:
             from .checkdata import main as check_data
 
             return check_data(argv[1:])
+        if argv[:1] == ["export"]:
+            from .export.command import main as export
+
+            return export(argv[1:])
+        if argv[:1] == ["serve"]:
+            from .serve.command import main as serve
+
+            return serve(argv[1:])
         VitkitCLI(args=args)
     except Exception as err:  # noqa: BLE001 - re-raised unless it is (or wraps) one of vitkit's own errors
         found = find_vitkit_error(err)
