@@ -436,3 +436,11 @@ def test_folder_into_a_named_model_of_another_family_is_refused(tmp_path):
 def test_no_name_and_no_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="registered name"):
         vitkit.create_model(pretrained=tmp_path / "nothing.pth")
+
+
+def test_create_model_from_a_folder_without_config_names_the_folder(tmp_path):
+    folder = tmp_path / "weights_only"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"weights_only: a folder without config\.json .*model\.safetensors"):
+        vitkit.create_model(pretrained=str(folder), num_classes=3)

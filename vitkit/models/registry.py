@@ -5,10 +5,12 @@ import difflib
 import fnmatch
 import logging
 import os
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
+from ..errors import CheckpointError
 from .pretrained import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,10 @@ def _from_hf_folder(pretrained, reset_head: bool, strict: bool, **kwargs) -> nn.
     from .hf_folders import is_hf_folder, read_hf_folder
     from .vit import VisionTransformer
 
+    if pretrained is not None and os.path.isdir(pretrained) and not is_hf_folder(pretrained):
+        found = sorted(p.name for p in Path(pretrained).iterdir())[:6]
+        raise CheckpointError(f"{pretrained}: a folder without config.json (it holds {found}); expected a transformers "
+                              f"save_pretrained folder (config.json + weights), or a model name with a weights file")
     if pretrained is None or not is_hf_folder(pretrained):
         raise ValueError(f"create_model: no model name and pretrained={pretrained!r}; expected a registered name "
                          f"(vitkit.list_models()) or a transformers save_pretrained folder (config.json + weights)")
