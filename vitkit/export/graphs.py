@@ -28,8 +28,9 @@ class ExportSpec:
     extra_meta: dict = field(default_factory=dict)
 
 
-class ClassifierGraph(nn.Module):
-    """pixels (B, 3, H, W) -> logits (B, K)."""
+class LogitsGraph(nn.Module):
+    """pixels (B, 3, H, W) -> the network's logits: (B, K) for a classifier, (B, K, H, W) per pixel at the input
+    size for a segmenter (its bilinear upsampling is part of the graph)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -37,17 +38,6 @@ class ClassifierGraph(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixels)
-
-
-class SegmenterGraph(nn.Module):
-    """pixels (B, 3, H, W) -> per-pixel logits (B, K, H, W) at the input size."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels)
 
 
 class DetectorGraph(nn.Module):
@@ -80,11 +70,11 @@ def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
     net = copy.deepcopy(getattr(task, "net", task.model)).eval()
     if name == "ImageClassifier":
         _allow_any_size(net, dynamic_size, name)
-        return ExportSpec(ClassifierGraph(net), "classification", tuple(net.img_size), tuple(net.patch_size),
+        return ExportSpec(LogitsGraph(net), "classification", tuple(net.img_size), tuple(net.patch_size),
                           ["logits"], dynamic_size, {"top_k": task.k})
     if name == "SemanticSegmenter":
         _allow_any_size(net.encoder, dynamic_size, name)
-        return ExportSpec(SegmenterGraph(net), "segmentation", tuple(net.img_size), tuple(net.patch_size),
+        return ExportSpec(LogitsGraph(net), "segmentation", tuple(net.img_size), tuple(net.patch_size),
                           ["logits"], dynamic_size)
     if name == "ObjectDetector":
         if dynamic_size:
