@@ -19,7 +19,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from vitkit.export.formats import trace, write
+from vitkit.export.formats import dynamic_shapes, trace, write
 from vitkit.export.graphs import build_spec
 from vitkit.tasks import ImageClassifier, SemanticSegmenter
 
@@ -51,7 +51,8 @@ def runners(task: torch.nn.Module, batch: int, folder: Path) -> dict:
     h, w = spec.image_size
     x = torch.randn(batch, 3, h, w)
     path = folder / f"{spec.task}.onnx"
-    write(trace(spec.graph, x, {"batch"}, spec.patch_size), path, "onnx", spec.output_names, 18)
+    program = trace(spec.graph, (x,), dynamic_shapes({"batch"}, spec.patch_size))
+    write(program, path, "onnx", ["pixels"], spec.output_names, 18)
     session, single = ort_session(path, THREADS), ort_session(path, 1)
     pixels = x.numpy()
     compiled = torch.compile(spec.graph)

@@ -17,7 +17,7 @@ from vitkit.errors import CheckpointError, ConfigError
 from vitkit.export import ExportedModel, ExportError
 from vitkit.export.command import main as export
 from vitkit.export.formats import trace
-from vitkit.tasks import ImageCaptioner, ImageClassifier, ObjectDetector, SemanticSegmenter
+from vitkit.tasks import ImageClassifier, ObjectDetector, SemanticSegmenter
 
 TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -131,7 +131,7 @@ class Unexportable(nn.Module):
 def test_unexportable_layer_gives_one_error_naming_it():
     graph = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), Unexportable()))
     with pytest.raises(ExportError, match=r"module '1\.1' \(Unexportable\)"):
-        trace(graph, torch.randn(2, 4), set(), (1, 1))
+        trace(graph, (torch.randn(2, 4),))
 
 
 def test_bad_arguments_give_one_clear_error(tmp_path):
@@ -141,11 +141,3 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
         export(["--ckpt", "x.ckpt", "--format", "tflite"])
     with pytest.raises(ConfigError, match="--dynamic 'height'"):
         export(["--ckpt", "x.ckpt", "--dynamic", "height"])
-
-
-def test_text_tasks_say_they_are_not_exportable_yet(tmp_path):
-    task = ImageCaptioner.__new__(ImageCaptioner)  # the check is on the class, before any graph is built
-    from vitkit.export.graphs import build_spec
-
-    with pytest.raises(ConfigError, match="not exportable yet"):
-        build_spec(task, False)

@@ -17,8 +17,9 @@ from ..errors import ConfigError
 from ..explain.command import default_out_dir, load_task
 from ..explain.tasks import _normalisation, eval_pipeline
 from .formats import DYNAMIC_AXES, ExportError, check_format, trace, write
-from .graphs import ExportSpec, build_spec
+from .graphs import TEXT_TASKS, ExportSpec, build_spec
 from .runtime import ExportedModel
+from .text import build_text_spec, check_text_parity
 
 STEMS = {"onnx": "model", "exported-program": "program"}
 
@@ -43,17 +44,29 @@ def main(argv: list[str] | None = None) -> None:
     if args.atol <= 0:
         raise ConfigError(f"--atol: found {args.atol}; expected a positive tolerance, e.g. 1e-4")
     task, ckpt = load_task(args.ckpt)
-    spec = build_spec(task, "size" in dynamic)
+    text = type(task).__name__ in TEXT_TASKS
+    spec = build_text_spec(task, dynamic) if text else build_spec(task, "size" in dynamic)
     out = Path(args.out) if args.out else default_out_dir(Path(args.ckpt)).with_name("export")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{STEMS[args.format]}{suffix}"
-    program = trace(spec.graph, example_input(spec, batch=2), dynamic, spec.patch_size)
-    write(program, path, args.format, spec.output_names, args.opset)
+    stem = STEMS[args.format]
     meta = build_meta(spec, task, ckpt, args, dynamic)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    meta["parity"] = check_parity(task, spec, ExportedModel(path), dynamic, args.atol)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    print(f"exported {meta['task']} ({args.format}) to {path} (+ {path.with_suffix('.json').name})")
+    graphs = spec.graphs if text else spec.graph_specs(dynamic)
+    for name, graph in graphs.items():
+        file = out / (f"{stem}{suffix}" if name == "model" else f"{stem}.{name}{suffix}")
+        program = trace(graph.module, tuple(graph.inputs.values()), graph.dynamic_shapes)
+        write(program, file, args.format, list(graph.inputs), graph.outputs, args.opset)
+        meta["graphs"][name] = {"file": file.name, "inputs": list(graph.inputs), "outputs": graph.outputs}
+    if text and task.tokenizer is not None:
+        task.tokenizer.save(out / "tokenizer.json")
+        meta["tokenizer"] = "tokenizer.json"
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(meta, indent=2))
+    exported = ExportedModel(path)
+    meta["parity"] = check_text(spec, task, exported, dynamic, args.atol) if text else \
+        check_parity(task, spec, exported, dynamic, args.atol)
+    path.write_text(json.dumps(meta, indent=2))
+    files = ", ".join(g["file"] for g in meta["graphs"].values())
+    print(f"exported {meta['task']} ({args.format}) to {out}: {files} + {path.name}")
 
 
 def parse_dynamic(text: str) -> set[str]:
@@ -65,14 +78,13 @@ def parse_dynamic(text: str) -> set[str]:
     return axes
 
 
-def example_input(spec: ExportSpec, batch: int, grow: int = 0) -> torch.Tensor:
-    """Random pixels (batch, 3, H, W) at the trained size, `grow` patches taller and twice that wider."""
-    (h, w), (ph, pw) = spec.image_size, spec.patch_size
-    return torch.randn(batch, 3, h + grow * ph, w + 2 * grow * pw, generator=torch.Generator().manual_seed(batch))
-
-
-def build_meta(spec: ExportSpec, task, ckpt: dict, args, dynamic: set[str]) -> dict:
-    """What the runtime needs to preprocess and read the outputs."""
+def build_meta(spec, task, ckpt: dict, args, dynamic: set[str]) -> dict:
+    """What the runtime needs to preprocess and read the outputs (the graphs' files are added as written)."""
+    meta = {"task": spec.task, "format": args.format, "graphs": {}, "dynamic_axes": sorted(dynamic),
+            "opset": args.opset if args.format == "onnx" else None,
+            "checkpoint": str(Path(args.ckpt).resolve()), "vitkit_version": __version__, **spec.extra_meta}
+    if spec.image_size is None:  # seq2seq: text in, text out
+        return meta
     mean, std = _normalisation(ckpt)
     transform = None
     if spec.task != "detection":  # detectors letterbox onto their canvas (the runtime does it, as the data module)
@@ -80,12 +92,8 @@ def build_meta(spec: ExportSpec, task, ckpt: dict, args, dynamic: set[str]) -> d
 
         transform = A.to_dict(eval_pipeline(ckpt, spec.image_size)[0])
     names = getattr(task, "class_names", None)
-    return {"task": spec.task, "format": args.format, "image_size": list(spec.image_size),
-            "patch_size": list(spec.patch_size), "mean": list(mean), "std": list(std),
-            "class_names": list(names) if names else None, "input_name": "pixels",
-            "output_names": spec.output_names, "dynamic_axes": sorted(dynamic),
-            "opset": args.opset if args.format == "onnx" else None, "transform": transform,
-            "checkpoint": str(Path(args.ckpt).resolve()), "vitkit_version": __version__, **spec.extra_meta}
+    return {**meta, "image_size": list(spec.image_size), "patch_size": list(spec.patch_size), "mean": list(mean),
+            "std": list(std), "class_names": list(names) if names else None, "transform": transform}
 
 
 # --------------------------------------------------------------------------- parity
@@ -97,7 +105,7 @@ def check_parity(task, spec: ExportSpec, exported: ExportedModel, dynamic: set[s
         cases.append((3 if "batch" in dynamic else 2, 1 if "size" in dynamic else 0))
     results, bad = [], []
     for batch, grow in cases:
-        x = example_input(spec, batch, grow)
+        x = spec.example(batch, grow)
         got = exported.run(x.numpy())
         want = reference(task, spec, x, native=grow == 0)
         shape = "x".join(map(str, x.shape))
@@ -107,10 +115,30 @@ def check_parity(task, spec: ExportSpec, exported: ExportedModel, dynamic: set[s
             print(f"parity {shape} {name}: max |diff| {diff:.3g}")
             if not diff <= atol:
                 bad.append(f"{name} at {shape}: {diff:.3g}")
+    _raise_if(bad, exported, atol)
+    return results
+
+
+def check_text(spec, task, exported: ExportedModel, dynamic: set[str], atol: float) -> list[dict]:
+    """The text tasks' parity (`vitkit.export.text.check_text_parity`), printed; an ExportError above `atol` or
+    where the exported greedy loop decodes other tokens than the model."""
+    rows, bad = check_text_parity(spec, task, exported, dynamic)
+    for r in rows:
+        if "max_abs_diff" in r:
+            print(f"parity {r['input']} {r['output']}: max |diff| {r['max_abs_diff']:.3g}")
+            if not r["max_abs_diff"] <= atol:
+                bad.append(f"{r['output']} at {r['input']}: {r['max_abs_diff']:.3g}")
+        else:
+            print(f"parity {r['input']} greedy tokens ({r['length']} steps): "
+                  f"{'identical' if r['identical'] else 'DIFFERENT'}")
+    _raise_if(bad, exported, atol)
+    return rows
+
+
+def _raise_if(bad: list[str], exported: ExportedModel, atol: float) -> None:
     if bad:
         raise ExportError(f"{exported.path}: exported outputs differ from the eager model above --atol {atol:g} "
-                          f"({'; '.join(bad)}); the file is kept for inspection")
-    return results
+                          f"({'; '.join(bad)}); the files are kept for inspection")
 
 
 @torch.no_grad()

@@ -32,23 +32,24 @@ def dynamic_shapes(dynamic: set[str], patch: tuple[int, int]) -> dict | None:
     return {"pixels": axes}
 
 
-def trace(graph: nn.Module, example: torch.Tensor, dynamic: set[str], patch: tuple[int, int]):
-    """`torch.export.export` of `graph(pixels)`; a failure becomes one ExportError naming the module it came from."""
+def trace(graph: nn.Module, args: tuple[torch.Tensor, ...], shapes: dict | None = None):
+    """`torch.export.export` of `graph(*args)` with `shapes` (per forward argument, as `dynamic_shapes`); a failure
+    becomes one ExportError naming the module it came from."""
     try:
         with torch.no_grad():
-            return torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes(dynamic, patch), strict=False)
+            return torch.export.export(graph, tuple(args), dynamic_shapes=shapes, strict=False)
     except Exception as err:  # the exporter raises many types (user errors, guards, unsupported ops)
         raise ExportError(f"cannot export {type(graph).__name__}: {failing_module(err, graph)} "
                           f"raised {type(err).__name__}: {_first_line(err)}") from err
 
 
-def write(program, path: Path, fmt: str, output_names: list[str], opset: int | None) -> None:
+def write(program, path: Path, fmt: str, input_names: list[str], output_names: list[str], opset: int | None) -> None:
     """Write a traced program as ONNX or .pt2."""
     if fmt == "exported-program":
         torch.export.save(program, str(path))
         return
     try:
-        onnx = torch.onnx.export(program, dynamo=True, input_names=["pixels"], output_names=output_names,
+        onnx = torch.onnx.export(program, dynamo=True, input_names=input_names, output_names=output_names,
                                  opset_version=opset, optimize=True, verbose=False)
         onnx.save(str(path))
     except Exception as err:

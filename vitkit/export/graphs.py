@@ -11,13 +11,24 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from ..errors import ConfigError
+from .formats import dynamic_shapes
 
 TEXT_TASKS = ("Seq2Seq", "ImageCaptioner", "VisualQA")
 
 
 @dataclass
+class GraphSpec:
+    """One graph to trace: the module, its example inputs by name (in call order), outputs, dynamic shapes."""
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic_shapes: dict | None
+
+
+@dataclass
 class ExportSpec:
-    """A graph to export and what travels with it."""
+    """An image task's graph (pixels in) and what travels with it."""
 
     graph: nn.Module
     task: str  # "classification" | "segmentation" | "detection"
@@ -26,6 +37,20 @@ class ExportSpec:
     output_names: list[str]
     dynamic_size: bool  # whether the graph can take another image size than `image_size`
     extra_meta: dict = field(default_factory=dict)
+
+    def example(self, batch: int, grow: int = 0) -> torch.Tensor:
+        return example_pixels(self.image_size, self.patch_size, batch, grow)
+
+    def graph_specs(self, dynamic: set[str]) -> dict[str, GraphSpec]:
+        return {"model": GraphSpec(self.graph, {"pixels": self.example(2)}, self.output_names,
+                                   dynamic_shapes(dynamic, self.patch_size))}
+
+
+def example_pixels(image_size: tuple[int, int], patch_size: tuple[int, int], batch: int, grow: int = 0) -> torch.Tensor:
+    """Random pixels (batch, 3, H, W) at the trained size, `grow` patches taller and twice that wider."""
+    (h, w), (ph, pw) = image_size, patch_size
+    g = torch.Generator().manual_seed(batch)
+    return torch.randn(batch, 3, h + grow * ph, w + 2 * grow * pw, generator=g)
 
 
 class LogitsGraph(nn.Module):
@@ -62,18 +87,16 @@ class DetectorGraph(nn.Module):
 
 
 def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
-    """The exportable graph of a loaded task (a copy: the task itself is left as it was)."""
+    """The exportable graph of a loaded image task (a copy: the task itself is left as it was); text tasks are
+    `vitkit.export.text.build_text_spec`'s."""
     name = type(task).__name__
-    if name in TEXT_TASKS:
-        raise ConfigError(f"{name}: not exportable yet; vitkit export handles ImageClassifier, SemanticSegmenter and "
-                          "ObjectDetector (DETR-style and YOLOS) checkpoints")
     net = copy.deepcopy(getattr(task, "net", task.model)).eval()
     if name == "ImageClassifier":
-        _allow_any_size(net, dynamic_size, name)
+        allow_any_size(net, dynamic_size, name)
         return ExportSpec(LogitsGraph(net), "classification", tuple(net.img_size), tuple(net.patch_size),
                           ["logits"], dynamic_size, {"top_k": task.k})
     if name == "SemanticSegmenter":
-        _allow_any_size(net.encoder, dynamic_size, name)
+        allow_any_size(net.encoder, dynamic_size, name)
         return ExportSpec(LogitsGraph(net), "segmentation", tuple(net.img_size), tuple(net.patch_size),
                           ["logits"], dynamic_size)
     if name == "ObjectDetector":
@@ -87,11 +110,11 @@ def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
                           ["boxes", "scores", "labels"], False,
                           {"display_threshold": task.display_threshold, "score_threshold": task.score_threshold,
                            "category_ids": _category_ids(task)})
-    raise ConfigError(f"{name}: not a task vitkit export knows; expected ImageClassifier, SemanticSegmenter or "
-                      "ObjectDetector")
+    raise ConfigError(f"{name}: not a task vitkit export knows; expected ImageClassifier, SemanticSegmenter, "
+                      f"ObjectDetector or one of {', '.join(TEXT_TASKS)}")
 
 
-def _allow_any_size(encoder: nn.Module, dynamic_size: bool, task: str) -> None:
+def allow_any_size(encoder: nn.Module, dynamic_size: bool, task: str) -> None:
     """Let a vitkit ViT take any input size its patch divides (position embeddings resampled in the graph)."""
     if not dynamic_size:
         return

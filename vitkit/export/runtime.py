@@ -1,9 +1,11 @@
-"""Run an exported vitkit model: `ExportedModel(path)` reads the .onnx (onnxruntime) or .pt2 (`torch.export.load`)
-and the JSON beside it, preprocesses PIL images as the task was evaluated, and returns what the task's
-`predict_step` returns per image (without "path").
+"""Run an exported vitkit model: `ExportedModel(path)` reads the .onnx files (onnxruntime) or .pt2 programs
+(`torch.export.load`) and the JSON beside them, preprocesses PIL images (or tokenizes text) as the task was
+evaluated, and returns what the task's `predict_step` returns per input (without "path"). Text models decode
+greedily over their exported decoder step (`vitkit.export.text.greedy_decode`).
 
     model = ExportedModel("runs/vit_tiny_digits/version_0/export/model.onnx")
     model.predict([PIL.Image.open("seven.png")])  # [{"labels": ["7", ...], "probs": [0.93, ...]}]
+    ExportedModel("runs/transformer_tiny_numbers/version_0/export/model.json").predict(["forty-two"])
 """
 from __future__ import annotations
 
@@ -21,19 +23,32 @@ from ..errors import CheckpointError, ConfigError
 
 
 class ExportedModel:
-    """An exported graph and its preprocessing metadata (`.meta`, the JSON written next to it)."""
+    """An exported model: its graphs (one, or a text model's encoder and decoder step), the metadata written next
+    to them (`.meta`) and, for text tasks, the tokenizer. `path` is the .json or any of the model's files."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        meta_path = self.path.with_suffix(".json")
+        meta_path = metadata_path(self.path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: file not found; expected a model written by `vitkit export`")
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path}: file not found; expected the metadata `vitkit export` writes next to "
                                   f"{self.path.name}")
         self.meta: dict = json.loads(meta_path.read_text())
-        self.output_names: list[str] = list(self.meta["output_names"])
-        self._run = _onnx_runner(self.path, threads) if self.path.suffix == ".onnx" else _program_runner(self.path)
+        self.graphs: dict[str, dict] = self.meta["graphs"]
+        self._runners = {}
+        for name, graph in self.graphs.items():
+            file = meta_path.parent / graph["file"]
+            if not file.is_file():
+                raise CheckpointError(f"{file}: file not found; {meta_path.name} names it as the {name} graph")
+            self._runners[name] = (_onnx_runner(file, threads) if file.suffix == ".onnx"
+                                   else _program_runner(file, graph["inputs"]))
+        self.output_names: list[str] = list(next(iter(self.graphs.values()))["outputs"])
+        self.tokenizer = None
+        if self.meta.get("tokenizer"):
+            from ..data.text import TextTokenizer
+
+            self.tokenizer = TextTokenizer.from_file(meta_path.parent / self.meta["tokenizer"])
         spec = self.meta.get("transform")
         self._transform = A.from_dict(spec) if spec else None
 
@@ -69,17 +84,80 @@ class ExportedModel:
             canvases.append(_normalise(canvas, self.meta))
         return np.stack(canvases).astype(np.float32)
 
-    # -- running --
-    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """The graph's raw outputs by name for a (B, 3, H, W) float32 batch."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        return dict(zip(self.output_names, self._run(pixels)))
+    def encode_texts(self, texts: list[str], limit: int, what: str) -> np.ndarray:
+        """Token ids (B, N) int64 of `texts`, right-padded; a text of more than `limit` tokens is an error."""
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.path}: this {self.meta['task']} model takes no text")
+        ids = [self.tokenizer.encode(t) for t in texts]
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                raise ConfigError(f"{what} {i} ({texts[i][:40]!r}...): {len(row)} tokens; the model takes at most "
+                                  f"{limit} (its max_len)")
+        out = np.full((len(ids), max(1, max(map(len, ids)))), self.tokenizer.pad_id, np.int64)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = row
+        return out
 
-    def predict(self, images: list[Image.Image]) -> list[dict]:
-        """One JSON-able dict per image, as the task's `predict_step` writes it (without "path")."""
-        pixels, info = self._prepare(images)
+    # -- running --
+    def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph's raw outputs by name."""
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        return dict(zip(self.graphs[name]["outputs"], self._runners[name](feeds)))
+
+    def run(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw outputs by name of a one-graph model: `run(pixels)` ((B, 3, H, W) float32), or for VQA
+        `run(pixels, question)` (question ids (B, Q) int64)."""
+        if "model" not in self.graphs:
+            raise ConfigError(f"{self.path}: a {self.meta['task']} model is an encoder and a decoder step; use "
+                              "generate() or predict()")
+        names = self.graphs["model"]["inputs"]
+        dtypes = [np.float32, np.int64]
+        return self.run_graph("model", {n: np.asarray(x, dtype=t) for n, x, t in zip(names, inputs, dtypes)})
+
+    def generate(self, inputs: np.ndarray, max_new_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy decoding of source ids (B, S) or pixels (B, 3, H, W) through the exported encoder and decoder
+        step: ids (B, L) without BOS, padded after EOS, and each step's logits (B, L, vocab)."""
+        from .text import greedy_decode
+
+        name = self.graphs["encoder"]["inputs"][0]
+        inputs = np.asarray(inputs, np.int64 if name == "src" else np.float32)
+        encoded = self.run_graph("encoder", {name: inputs})
+        return greedy_decode(encoded, lambda feeds: self.run_graph("decoder", feeds), self.meta["decoder"],
+                             max_new_tokens)
+
+    def predict(self, inputs: list, questions: list[str] | None = None) -> list[dict]:
+        """One JSON-able dict per input, as the task's `predict_step` writes it (without "path"): `inputs` are PIL
+        images (texts for seq2seq); `questions` one per image for VQA."""
+        if not inputs:
+            raise ConfigError("ExportedModel.predict: no inputs given; expected a non-empty list")
+        task = self.meta["task"]
+        if task == "seq2seq":
+            return self._predict_seq2seq(list(inputs))
+        if (questions is not None) != (task == "vqa") or (questions is not None and len(questions) != len(inputs)):
+            raise ConfigError(f"ExportedModel.predict: a {task} model takes "
+                              f"{'one question per image' if task == 'vqa' else 'images only, no questions'}")
+        pixels, info = self._prepare(inputs)
+        if task == "captioning":
+            ids, _ = self.generate(pixels)
+            return [{"caption": self.tokenizer.decode(row)} for row in ids.tolist()]
+        if task == "vqa":
+            logits = self.run(pixels, self.encode_texts(questions, self.meta["max_len"], "question"))["logits"]
+            p = torch.from_numpy(logits).float().softmax(-1).max(-1)
+            names = self._names(logits.shape[1])
+            return [{"question": q, "answer": names[i], "prob": round(v, 6)}
+                    for q, i, v in zip(questions, p.indices.tolist(), p.values.tolist())]
         out = {k: torch.from_numpy(np.asarray(v)) for k, v in self.run(pixels).items()}
-        return getattr(self, f"_predict_{self.meta['task']}")(out, info)
+        return getattr(self, f"_predict_{task}")(out, info)
+
+    def _predict_seq2seq(self, texts: list[str]) -> list[dict]:
+        outputs = [""] * len(texts)  # an empty input gets an empty output, as in `predict`
+        rows = [i for i, t in enumerate(texts) if self.tokenizer.encode(t)]
+        if rows:
+            src = self.encode_texts([texts[i] for i in rows], self.meta["decoder"]["max_len"], "text")
+            ids, _ = self.generate(src)
+            for i, row in zip(rows, ids.tolist()):
+                outputs[i] = self.tokenizer.decode(row)
+        return [{"source": t, "output": o} for t, o in zip(texts, outputs)]
 
     def _predict_classification(self, out: dict, info: list[dict]) -> list[dict]:
         names, k = self._names(out["logits"].shape[1]), self.meta["top_k"]
@@ -127,6 +205,13 @@ def _normalise(image: np.ndarray, meta: dict) -> np.ndarray:
     return x.transpose(2, 0, 1)
 
 
+def metadata_path(path: Path) -> Path:
+    """The JSON of an exported model: the path itself, or `<stem>.json` beside a file `<stem>[.graph].onnx|.pt2`."""
+    if path.suffix == ".json":
+        return path
+    return path.with_name(path.name.split(".")[0] + ".json")
+
+
 def _onnx_runner(path: Path, threads: int | None):
     import onnxruntime as ort
 
@@ -135,16 +220,16 @@ def _onnx_runner(path: Path, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda pixels: session.run(None, {name: pixels})
+    names = [i.name for i in session.get_inputs()]  # the exporter drops inputs a graph does not read
+    return lambda feeds: session.run(None, {n: feeds[n] for n in names})
 
 
-def _program_runner(path: Path):
+def _program_runner(path: Path, inputs: list[str]):
     module = torch.export.load(str(path)).module()
 
-    def run(pixels: np.ndarray) -> list[np.ndarray]:
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            out = module(torch.from_numpy(pixels))
+            out = module(*(torch.from_numpy(feeds[n]) for n in inputs))
         return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
     return run

@@ -86,7 +86,7 @@ class TextDecoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
                 caches: list[tuple[KVCache, KVCache]] | None = None) -> torch.Tensor:
-        offset = caches[0][0].length if caches else 0
+        offset = caches[0][0].position if caches else 0
         x = self.drop(self.pos(self.embed(ids), offset))  # (B, T) -> (B, T, dim)
         for i, blk in enumerate(self.blocks):
             x = blk(x, memory, memory_mask=memory_mask, is_causal=True, cache=caches[i] if caches else None)

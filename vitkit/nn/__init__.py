@@ -7,14 +7,15 @@ from typing import Iterator
 
 from torch import nn
 
-from .attention import Attention, KVCache, causal_mask, padding_mask, set_sdpa_backends
+from .attention import Attention, KVCache, StaticKVCache, causal_mask, padding_mask, set_sdpa_backends
 from .blocks import AttentionPool, DecoderBlock, DropPath, EncoderBlock, LayerScale, Mlp, QuickGELU, make_act
 from .embed import PatchEmbed, resample_pos_embed, sincos_2d_pos_embed, to_2tuple
 from .rope import RotaryEmbedding, apply_rope
 from .text import PositionEmbed1d, TokenEmbed, sincos_1d_pos_embed
 
 __all__ = [
-    "Attention", "KVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath", "EncoderBlock", "LayerScale",
+    "Attention", "KVCache", "StaticKVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath",
+    "EncoderBlock", "LayerScale",
     "Mlp", "AttentionPool", "QuickGELU", "make_act", "RotaryEmbedding", "apply_rope", "PatchEmbed",
     "resample_pos_embed", "sincos_2d_pos_embed", "to_2tuple", "capture_attention", "set_sdpa_backends",
     "PositionEmbed1d", "TokenEmbed", "sincos_1d_pos_embed",

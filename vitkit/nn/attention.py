@@ -32,6 +32,54 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
+    @property
+    def position(self) -> int:
+        """Position of the next token to compute (what 1-D position embeddings start from)."""
+        return self.length
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether causal self-attention over this cache needs an explicit mask (not SDPA's top-left is_causal)."""
+        return self.length > 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new tokens' keys/values; returns all keys/values to attend to."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def causal_mask(self, n_query: int, device=None) -> torch.Tensor:
+        """(n_query, N_keys) after `append`: the new tokens see the past and themselves in order."""
+        return causal_mask(n_query, self.length, device)
+
+
+@dataclass
+class StaticKVCache(KVCache):
+    """A fixed-size self-attention cache for exported decoders: `k`, `v` are (B, heads, max_len, head_dim) slots
+    and `pos` a 0-d int64 tensor, the slot of the one token a step computes. Shapes never change between steps
+    and the position is a tensor, so a graph traced once serves every step (the slots past `pos` are masked)."""
+
+    pos: torch.Tensor | None = None
+
+    @property
+    def position(self) -> torch.Tensor:
+        return self.pos
+
+    @property
+    def needs_mask(self) -> bool:
+        return True
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[2] != 1:
+            raise ValueError(f"StaticKVCache: a step computes one token; got {k.shape[2]}")
+        slot = (torch.arange(self.k.shape[2], device=k.device) == self.pos)[:, None]  # (max_len, 1)
+        self.k, self.v = torch.where(slot, k, self.k), torch.where(slot, v, self.v)
+        return self.k, self.v
+
+    def causal_mask(self, n_query: int, device=None) -> torch.Tensor:
+        return (torch.arange(self.k.shape[2], device=device) <= self.pos)[None, :]  # (1, max_len)
+
 
 _SDPA_BACKENDS: list | None = None  # None: torch's own choice
 
@@ -142,19 +190,23 @@ class Attention(nn.Module):
         if not self.cross:
             q, k, v = self._heads(self.qkv(x), 3).unbind(0)
             if cache is not None:
-                if cache.k is not None:
-                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-                cache.k, cache.v = k, v
+                k, v = cache.append(k, v)
             return q, k, v
-        if context is None:
-            raise ValueError("cross-attention needs a `context` (the memory to attend to); got None")
         q = self._heads(self.q(x), 1)[0]
         if cache is not None and cache.k is not None:
             return q, cache.k, cache.v
-        k, v = self._heads(self.kv(context), 2).unbind(0)
+        k, v = self.memory_kv(context)
         if cache is not None:
             cache.k, cache.v = k, v
         return q, k, v
+
+    def memory_kv(self, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (B, heads, M, head_dim) of a memory (B, M, kv_dim): what a decoder's
+        cross cache holds after its first step."""
+        if context is None:
+            raise ValueError("cross-attention needs a `context` (the memory to attend to); got None")
+        k, v = self._heads(self.kv(context), 2).unbind(0)
+        return k, v
 
     def forward(
         self,
@@ -172,7 +224,8 @@ class Attention(nn.Module):
             raise ValueError("num_queries applies to non-causal self-attention without a KV cache")
         B, N, C = x.shape
         N = N if num_queries is None else min(num_queries, N)
-        past = cache.length if (cache is not None and not self.cross) else 0
+        self_cache = cache if (cache is not None and not self.cross) else None
+        masked_past = self_cache is not None and self_cache.needs_mask  # read before this step's keys are added
         q, k, v = self._project(x, context, cache, num_queries)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -180,9 +233,10 @@ class Attention(nn.Module):
                 raise ValueError("rope applies to self-attention over an image's tokens, without a KV cache")
             q = apply_rope(q, rope, self.num_prefix_tokens, self.rope_rotate_half)
             k = apply_rope(k, rope, self.num_prefix_tokens, self.rope_rotate_half)
-        if is_causal and (past > 0 or attn_mask is not None or self.capture):
+        if is_causal and (masked_past or attn_mask is not None or self.capture):
             # SDPA's is_causal is top-left aligned and excludes a mask: spell the mask out instead.
-            causal = causal_mask(N, k.shape[2], device=x.device)
+            causal = (self_cache.causal_mask(N, x.device) if self_cache is not None
+                      else causal_mask(N, k.shape[2], device=x.device))
             attn_mask = causal if attn_mask is None else _combine(attn_mask, causal)
             is_causal = False
         if self.capture:

@@ -43,7 +43,8 @@ class TokenEmbed(nn.Module):
 
 class PositionEmbed1d(nn.Module):
     """Adds positions `offset .. offset + N - 1` to (B, N, dim) tokens: fixed sinusoids or learned vectors.
-    `offset` lets cached decoding add the position of the step it computes."""
+    `offset` lets cached decoding add the position of the step it computes (a 0-d tensor in an exported step,
+    whose caller keeps it below `max_len`)."""
 
     def __init__(self, max_len: int, dim: int, kind: Literal["sincos", "learn"] = "sincos") -> None:
         super().__init__()
@@ -56,8 +57,11 @@ class PositionEmbed1d(nn.Module):
         else:  # a buffer rebuilt from max_len, so it never needs to be stored in a checkpoint
             self.register_buffer("pos_embed", sincos_1d_pos_embed(max_len, dim)[None], persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         n = x.shape[1]
+        if isinstance(offset, torch.Tensor):  # an exported decoding step: the position is a 0-d input of the graph
+            index = offset.reshape(1) + torch.arange(n, device=x.device)
+            return x + self.pos_embed.index_select(1, index).to(x.dtype)
         if offset + n > self.max_len:
             raise ValueError(
                 f"sequence of {offset + n} positions is longer than max_len={self.max_len}; "
