@@ -290,9 +290,10 @@ def test_exported_results_reevaluate_to_the_logged_numbers(trained, tmp_path, ba
     task.map_backend, task.score_threshold = backend, 0.0
     task.val_map = type(task.val_map)(box_format="xyxy", iou_type="bbox", backend=backend)
     task.eval()
-    with torch.no_grad():  # the lowest of the images' best scores: that image (at least) keeps no detection
+    with torch.no_grad():  # between the two lowest of the images' best scores: the lowest keeps no detection
         best = [float(task.predict_boxes(task(x[None]), [t], 32)[0]["scores"].max()) for x, t in dm.get_dataset("val")]
-    task.score_threshold = min(best)
+    low = sorted(set(best))
+    task.score_threshold = (low[0] + low[1]) / 2  # not min(best) itself: batched scores differ from these by ~1e-7
     logged = validate(task, dm, tmp_path)
     results = json.loads((tmp_path / "coco_results.json").read_text())
     gt = json.loads(Path(dm.annotation_file("val")).read_text())

@@ -4,12 +4,14 @@ tokens the task's own greedy decoding does; VQA is one (pixels, question) graph.
 tolerance, and the runtime predicts what the task predicts."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from vitkit.cli import main
@@ -18,6 +20,7 @@ from vitkit.errors import ConfigError
 from vitkit.explain.command import load_task
 from vitkit.export import ExportedModel, ExportError
 from vitkit.export.command import main as export
+from vitkit.serve import create_app, load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "-1", "--test_after_fit", "false",
@@ -143,3 +146,44 @@ def test_parity_above_tolerance_is_an_error_and_text_has_no_image_size(numbers, 
         export(["--ckpt", str(numbers), "--out", str(tmp_path / "strict"), "--atol", "1e-12"])
     with pytest.raises(ConfigError, match="takes no image"):
         export(["--ckpt", str(numbers), "--out", str(tmp_path / "size"), "--dynamic", "batch,size"])
+
+
+def png(seed: int, size=(32, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_serve_translates_text_from_the_checkpoint_and_from_the_export(numbers, tmp_path):
+    export(["--ckpt", str(numbers), "--out", str(tmp_path)])
+    task, _ = load_task(str(numbers))
+    want = task.translate(["seven hundred and two"])[0]
+    for served in (numbers, tmp_path / "model.json"):
+        with TestClient(create_app(load_predictor(str(served)), batch_timeout_ms=1)) as client:
+            assert client.get("/health").json()["inputs"] == "text"
+            r = client.post("/predict", json={"text": "seven hundred and two"})
+            assert r.status_code == 200 and r.json()["output"] == want
+            plain = client.post("/predict", content=b"seven hundred and two", headers={"content-type": "text/plain"})
+            assert plain.json()["output"] == want
+            assert client.post("/predict", json={"words": "x"}).status_code == 422
+            assert client.post("/predict", files={"file": ("a.png", png(0), "image/png")}).status_code == 422
+            too_long = client.post("/predict", json={"text": "seven " * 100})
+            assert too_long.status_code == 422 and "at most 48" in too_long.text
+
+
+def test_serve_captions_and_answers_questions(captioner, answerer, tmp_path):
+    export(["--ckpt", str(captioner), "--out", str(tmp_path / "cap")])
+    task, _ = load_task(str(captioner))
+    runtime = ExportedModel(tmp_path / "cap" / "model.json")
+    want = task.caption(torch.from_numpy(runtime.preprocess([Image.open(io.BytesIO(png(1)))])))[0]
+    for served in (captioner, tmp_path / "cap" / "model.json"):
+        with TestClient(create_app(load_predictor(str(served)), batch_timeout_ms=1)) as client:
+            r = client.post("/predict", files={"file": ("s.png", png(1), "image/png")})
+        assert r.status_code == 200 and r.json() == {"path": "s.png", "caption": want}
+    with TestClient(create_app(load_predictor(str(answerer)), batch_timeout_ms=1)) as client:
+        r = client.post("/predict", files={"file": ("s.png", png(2), "image/png")},
+                        data={"question": "what color is the square?"})
+        assert r.status_code == 200 and r.json()["question"] == "what color is the square?"
+        assert 0 < r.json()["prob"] <= 1
+        missing = client.post("/predict", files={"file": ("s.png", png(2), "image/png")})
+        assert missing.status_code == 422 and "question" in missing.text

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vitkit.cli import main as cli_main
 from vitkit.data import ClassificationDataModule
-from vitkit.serve import create_app, load_predictor
+from vitkit.serve import Upload, create_app, load_predictor
 from vitkit.tasks import ImageClassifier, ObjectDetector, SemanticSegmenter
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -169,10 +169,12 @@ def test_an_image_of_another_mode_and_format_is_decoded_as_files_are(server, ima
 
 
 def test_bad_command_lines_end_in_one_message(ckpt, tmp_path, capsys):
-    segmenter = _save_raw(_segmenter(), tmp_path / "seg.ckpt")
+    fixed = tmp_path / "fixed"
+    cli_main(["export", "--ckpt", str(ckpt), "--out", str(fixed), "--dynamic", "none"])
     for argv, words in ((["--ckpt", str(tmp_path / "none.ckpt")], "file not found"),
                         (["--ckpt", str(ckpt), "--max-batch", "0"], "--max-batch: found 0"),
-                        (["--ckpt", str(segmenter)], "holds a SemanticSegmenter")):
+                        (["--ckpt", str(fixed / "model.onnx")], "exported with a fixed batch size"),
+                        (["--ckpt", str(fixed / "model.onnx"), "--device", "cuda"], "exported models run on the CPU")):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["serve", *argv])
         assert exit_info.value.code == 2 and words in capsys.readouterr().err
@@ -186,7 +188,8 @@ def test_an_exported_model_is_served_through_its_runtime(ckpt, images, tmp_path)
     assert predictor.format == "onnx" and predictor.task == runtime.ExportedModel(onnx).meta["task"]
     expected = _expected_rows(ckpt, images)
     rgb = np.asarray(Image.open(images / "d1.png").convert("RGB"))
-    rows = predictor.predict([predictor.prepare(rgb)] * 3, ["a.png", "b.png", "d1.png"])  # a batch of 3
+    prepared = predictor.prepare(Upload("d1.png", image=rgb))
+    rows = predictor.predict([prepared] * 3, ["a.png", "b.png", "d1.png"])  # a batch of 3
     assert [r["path"] for r in rows] == ["a.png", "b.png", "d1.png"] and _close(rows[2], expected["d1.png"])
     with TestClient(create_app(predictor, batch_timeout_ms=1)) as client:  # the same app over the exported file
         assert client.get("/health").json()["format"] == "onnx"
@@ -215,19 +218,30 @@ def _detector() -> ObjectDetector:
 
 
 @pytest.mark.parametrize("build", [_segmenter, _detector], ids=["segmentation", "detection"])
-def test_exported_segmenters_and_detectors_answer_their_rows(build, tmp_path):
-    pytest.importorskip("vitkit.export.runtime")
+def test_segmenters_and_detectors_answer_the_same_rows_from_checkpoint_onnx_and_program(build, tmp_path):
     ckpt = _save_raw(build(), tmp_path / "task.ckpt")
-    cli_main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path), "--dynamic", "batch"])
+    for fmt in ("onnx", "exported-program"):
+        cli_main(["export", "--ckpt", str(ckpt), "--format", fmt, "--out", str(tmp_path), "--dynamic", "batch"])
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(buf, format="PNG")
-    with TestClient(create_app(load_predictor(str(tmp_path / "model.onnx")), batch_timeout_ms=1)) as client:
-        task = client.get("/health").json()["task"]
-        r = client.post("/predict", files={"file": ("scene.png", buf.getvalue(), "image/png")})
-    assert r.status_code == 200 and r.json()["path"] == "scene.png"
+    answers = {}
+    for served in (ckpt, tmp_path / "model.onnx", tmp_path / "program.pt2"):
+        with TestClient(create_app(load_predictor(str(served)), batch_timeout_ms=1)) as client:
+            health = client.get("/health").json()
+            r = client.post("/predict", files={"file": ("scene.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 200 and r.json()["path"] == "scene.png"
+        answers[health["format"]] = r.json()
+    assert set(answers) == {"torch", "onnx", "exported-program"}
+    task, r = health["task"], answers["torch"]
+    if task == "segmentation":
+        masks = [np.asarray(a["mask"]) for a in answers.values()]
+        assert all((m == masks[0]).mean() > 0.999 for m in masks)  # float ties aside, one mask
+    else:
+        scores = [[d["score"] for d in a["detections"]] for a in answers.values()]
+        assert all(np.allclose(s, scores[0], atol=1e-4) for s in scores)
     if task == "segmentation":  # a class per pixel of the uploaded 28x20 image
-        assert np.asarray(r.json()["mask"]).shape == (20, 28)
-        assert abs(sum(r.json()["fractions"].values()) - 1) < 1e-4
+        assert np.asarray(r["mask"]).shape == (20, 28)
+        assert abs(sum(r["fractions"].values()) - 1) < 1e-4
     else:  # boxes in the uploaded image's pixels
-        assert task == "detection" and r.json()["detections"]
-        assert all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 28.01 for d in r.json()["detections"])
+        assert task == "detection" and r["detections"]
+        assert all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 28.01 for d in r["detections"])

@@ -44,13 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.atol <= 0:
         raise ConfigError(f"--atol: found {args.atol}; expected a positive tolerance, e.g. 1e-4")
     task, ckpt = load_task(args.ckpt)
-    text = type(task).__name__ in TEXT_TASKS
-    spec = build_text_spec(task, dynamic) if text else build_spec(task, "size" in dynamic)
+    spec, graphs, meta = plan(task, ckpt, args.ckpt, args.format, args.opset, dynamic)
+    text = spec.task in ("seq2seq", "captioning", "vqa")
     out = Path(args.out) if args.out else default_out_dir(Path(args.ckpt)).with_name("export")
     out.mkdir(parents=True, exist_ok=True)
     stem = STEMS[args.format]
-    meta = build_meta(spec, task, ckpt, args, dynamic)
-    graphs = spec.graphs if text else spec.graph_specs(dynamic)
     for name, graph in graphs.items():
         file = out / (f"{stem}{suffix}" if name == "model" else f"{stem}.{name}{suffix}")
         program = trace(graph.module, tuple(graph.inputs.values()), graph.dynamic_shapes)
@@ -78,11 +76,21 @@ def parse_dynamic(text: str) -> set[str]:
     return axes
 
 
-def build_meta(spec, task, ckpt: dict, args, dynamic: set[str]) -> dict:
+def plan(task, ckpt: dict, ckpt_path: str, fmt: str, opset: int | None, dynamic: set[str]):
+    """A loaded task's export spec, its graphs by name (`GraphSpec`) and the metadata the runtime reads."""
+    text = type(task).__name__ in TEXT_TASKS
+    spec = build_text_spec(task, dynamic) if text else build_spec(task, "size" in dynamic)
+    graphs = spec.graphs if text else spec.graph_specs(dynamic)
+    return spec, graphs, build_meta(spec, task, ckpt, ckpt_path, fmt, opset, dynamic)
+
+
+def build_meta(spec, task, ckpt: dict, ckpt_path: str, fmt: str, opset: int | None, dynamic: set[str]) -> dict:
     """What the runtime needs to preprocess and read the outputs (the graphs' files are added as written)."""
-    meta = {"task": spec.task, "format": args.format, "graphs": {}, "dynamic_axes": sorted(dynamic),
-            "opset": args.opset if args.format == "onnx" else None,
-            "checkpoint": str(Path(args.ckpt).resolve()), "vitkit_version": __version__, **spec.extra_meta}
+    hp = getattr(task, "hparams", {})
+    meta = {"task": spec.task, "model": str(hp.get("model") or hp.get("encoder") or type(task).__name__),
+            "format": fmt, "graphs": {}, "dynamic_axes": sorted(dynamic),
+            "opset": opset if fmt == "onnx" else None,
+            "checkpoint": str(Path(ckpt_path).resolve()), "vitkit_version": __version__, **spec.extra_meta}
     if spec.image_size is None:  # seq2seq: text in, text out
         return meta
     mean, std = _normalisation(ckpt)

@@ -34,23 +34,44 @@ class ExportedModel:
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path}: file not found; expected the metadata `vitkit export` writes next to "
                                   f"{self.path.name}")
-        self.meta: dict = json.loads(meta_path.read_text())
-        self.graphs: dict[str, dict] = self.meta["graphs"]
-        self._runners = {}
-        for name, graph in self.graphs.items():
+        meta = json.loads(meta_path.read_text())
+        runners = {}
+        for name, graph in meta["graphs"].items():
             file = meta_path.parent / graph["file"]
             if not file.is_file():
                 raise CheckpointError(f"{file}: file not found; {meta_path.name} names it as the {name} graph")
-            self._runners[name] = (_onnx_runner(file, threads) if file.suffix == ".onnx"
-                                   else _program_runner(file, graph["inputs"]))
-        self.output_names: list[str] = list(next(iter(self.graphs.values()))["outputs"])
-        self.tokenizer = None
-        if self.meta.get("tokenizer"):
+            runners[name] = (_onnx_runner(file, threads) if file.suffix == ".onnx"
+                             else _program_runner(file, graph["inputs"]))
+        tokenizer = None
+        if meta.get("tokenizer"):
             from ..data.text import TextTokenizer
 
-            self.tokenizer = TextTokenizer.from_file(meta_path.parent / self.meta["tokenizer"])
-        spec = self.meta.get("transform")
+            tokenizer = TextTokenizer.from_file(meta_path.parent / meta["tokenizer"])
+        self._setup(meta, runners, tokenizer)
+
+    def _setup(self, meta: dict, runners: dict, tokenizer) -> None:
+        self.meta, self.graphs, self._runners, self.tokenizer = meta, meta["graphs"], runners, tokenizer
+        self.output_names: list[str] = list(next(iter(self.graphs.values()))["outputs"])
+        spec = meta.get("transform")
         self._transform = A.from_dict(spec) if spec else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> ExportedModel:
+        """The same runtime over a Lightning checkpoint's eager graphs (what `vitkit export` would trace), so a
+        checkpoint and its exported files predict through one preprocessing and one output format."""
+        from ..explain.command import load_task
+        from .command import plan
+
+        task, ckpt = load_task(str(path), device)
+        _, graphs, meta = plan(task, ckpt, str(path), "torch", None, {"batch"})
+        runners = {}
+        for name, graph in graphs.items():
+            meta["graphs"][name] = {"file": None, "inputs": list(graph.inputs), "outputs": graph.outputs}
+            runners[name] = _eager_runner(graph.module.to(device), list(graph.inputs), torch.device(device))
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self._setup(meta, runners, getattr(task, "tokenizer", None))
+        return self
 
     # -- preprocessing --
     def preprocess(self, images: list[Image.Image]) -> np.ndarray:
@@ -87,7 +108,8 @@ class ExportedModel:
     def encode_texts(self, texts: list[str], limit: int, what: str) -> np.ndarray:
         """Token ids (B, N) int64 of `texts`, right-padded; a text of more than `limit` tokens is an error."""
         if self.tokenizer is None:
-            raise ConfigError(f"{self.path}: this {self.meta['task']} model takes no text")
+            raise ConfigError(f"{self.path}: no tokenizer for this {self.meta['task']} model; expected the "
+                              "tokenizer.json `vitkit export` writes from a checkpoint saved by `train.py fit`")
         ids = [self.tokenizer.encode(t) for t in texts]
         for i, row in enumerate(ids):
             if len(row) > limit:
@@ -225,11 +247,13 @@ def _onnx_runner(path: Path, threads: int | None):
 
 
 def _program_runner(path: Path, inputs: list[str]):
-    module = torch.export.load(str(path)).module()
+    return _eager_runner(torch.export.load(str(path)).module(), inputs, torch.device("cpu"))
 
+
+def _eager_runner(module, inputs: list[str], device: torch.device):
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = module(*(torch.from_numpy(feeds[n]) for n in inputs))
-        return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(feeds[n]).to(device) for n in inputs))
+        return [t.cpu().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
     return run

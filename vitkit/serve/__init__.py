@@ -2,6 +2,6 @@
 exported model."""
 from .app import create_app
 from .batching import MicroBatcher
-from .predictor import ExportedPredictor, TorchPredictor, decode_image, load_predictor
+from .predictor import RuntimePredictor, Upload, decode_image, load_predictor
 
-__all__ = ["ExportedPredictor", "MicroBatcher", "TorchPredictor", "create_app", "decode_image", "load_predictor"]
+__all__ = ["MicroBatcher", "RuntimePredictor", "Upload", "create_app", "decode_image", "load_predictor"]

@@ -1,20 +1,24 @@
 """The HTTP app of `vitkit serve` (FastAPI): `POST /predict` takes one image, as the multipart field `file` or as a
-raw body with an image content type, and answers the task's prediction row; `GET /health` says what is served
-and how requests were batched. Uploads are read into memory up to a limit and never written to disk."""
+raw body with an image content type (a VQA model also takes the field `question`; a Seq2Seq model takes text
+instead: JSON {"text": ...}, text/plain or the field `text`), and answers the task's prediction row; `GET /health`
+says what is served and how requests were batched. Uploads are read into memory up to a limit, never to disk."""
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..errors import ConfigError
 from .batching import MicroBatcher
-from .predictor import ImageDecodeError, Predictor, decode_image
+from .predictor import ImageDecodeError, Predictor, Upload, decode_image
 
 RAW_TYPES = ("image/", "application/octet-stream")
 EXPECTED = "expected multipart/form-data with the image in field 'file', or a raw body with an image/* content type"
+TEXT_EXPECTED = "expected a JSON body {\"text\": ...}, a text/plain body, or multipart/form-data field 'text'"
 
 
 def create_app(predictor: Predictor, *, max_batch: int = 8, batch_timeout_ms: float = 10.0,
@@ -36,7 +40,8 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, batch_timeout_ms: fl
     async def health() -> dict:
         sizes = batcher.batch_sizes
         return {"status": "ok", "task": predictor.task, "model": predictor.model, "format": predictor.format,
-                "max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms, "max_upload_mb": max_upload_mb,
+                "inputs": predictor.inputs, "max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms,
+                "max_upload_mb": max_upload_mb,
                 "requests": sum(n * count for n, count in sizes.items()),
                 "batches": {str(n): sizes[n] for n in sorted(sizes)}}
 
@@ -44,14 +49,58 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, batch_timeout_ms: fl
     async def predict(request: Request, filename: str | None = None) -> dict:
         content_type = request.headers.get("content-type", "")
         body = await read_limited(request, limit)
-        name, sent_as, data = upload_of(body, content_type, filename)
+        if predictor.inputs == "text":
+            upload = Upload(filename or "text", text=text_of(body, content_type))
+        else:
+            upload = await asyncio.to_thread(image_upload, body, content_type, filename, predictor.inputs)
         try:
-            prepared = await asyncio.to_thread(lambda: predictor.prepare(decode_image(data, name)))
-        except ImageDecodeError as err:
-            raise HTTPException(415, f"{err} (sent as {sent_as})") from err
-        return await batcher.submit(prepared, name)
+            prepared = await asyncio.to_thread(predictor.prepare, upload)
+        except ConfigError as err:  # e.g. a text longer than the model's max_len
+            raise HTTPException(422, str(err)) from err
+        return await batcher.submit(prepared, upload.name)
 
     return app
+
+
+def image_upload(body: bytes, content_type: str, filename: str | None, inputs: str) -> Upload:
+    """The decoded image of a request (415 if it is none) and, for VQA, its multipart field `question`."""
+    name, sent_as, data = upload_of(body, content_type, filename)
+    question = None
+    if inputs == "image+question":
+        fields = parse_multipart(body, content_type) if content_type.lower().startswith("multipart/") else {}
+        question = fields.get("question", ("", "", b""))[2].decode("utf-8", "replace").strip()
+        if not question:
+            raise HTTPException(422, "a VQA model needs a non-empty multipart field 'question' next to 'file'")
+    try:
+        return Upload(name, image=decode_image(data, name), question=question)
+    except ImageDecodeError as err:
+        raise HTTPException(415, f"{err} (sent as {sent_as})") from err
+
+
+def text_of(body: bytes, content_type: str) -> str:
+    """The text to translate: a JSON body {"text": ...}, a text/plain body, or the multipart field `text`."""
+    if not body:
+        raise HTTPException(400, f"empty request body; {TEXT_EXPECTED}")
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            value = json.loads(body).get("text")
+        except (ValueError, AttributeError) as err:
+            raise HTTPException(400, f"body is not a JSON object ({err}); {TEXT_EXPECTED}") from err
+        if not isinstance(value, str):
+            raise HTTPException(422, f"JSON body without a string field 'text' (found {value!r}); {TEXT_EXPECTED}")
+        return value
+    if kind == "multipart/form-data":
+        fields = parse_multipart(body, content_type)
+        if "text" not in fields:
+            raise HTTPException(422, f"multipart upload without field 'text'; {TEXT_EXPECTED}")
+        body = fields["text"][2]
+    elif kind != "text/plain":
+        raise HTTPException(415, f"content type {content_type or 'none'}; {TEXT_EXPECTED}")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPException(400, f"text is not UTF-8 ({err}); {TEXT_EXPECTED}") from err
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -14,9 +14,10 @@ from .predictor import load_predictor
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitkit serve", description="Serve a model's predictions over HTTP: "
-                                "POST /predict (an image) and GET /health.")
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `train.py fit`, or an .onnx/.pt2 "
-                   "file written by `vitkit export`")
+                                "POST /predict (an image; with a field 'question' for VQA; text for Seq2Seq) and "
+                                "GET /health.")
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `train.py fit` (any task), or a "
+                   "model written by `vitkit export` (its .json, .onnx or .pt2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="most requests run as one batch")

@@ -1,24 +1,24 @@
-"""What `vitkit serve` runs: a predictor decodes one uploaded image (in memory) into model input, and turns a
-batch of such inputs into the rows `python train.py predict` writes for that task.
+"""What `vitkit serve` runs: a predictor turns one request's input (an image decoded in memory, a question, a
+text) into model input, and a batch of such inputs into the rows the task predicts.
 
-`TorchPredictor` rebuilds the task from its Lightning checkpoint (as `vitkit explain` does) and calls the task's
-own `predict_step`; `ExportedPredictor` wraps `vitkit.export.runtime.ExportedModel` (an .onnx or .pt2 file).
+`RuntimePredictor` wraps `vitkit.export.runtime.ExportedModel`: over a Lightning checkpoint's eager graphs (the
+task rebuilt as `vitkit explain` does) or over the files `vitkit export` wrote.
 """
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 # the data layer's decoding, applied to bytes instead of a path (PIL opens either): any mode -> RGB uint8
 from ..data.images import _decode, _to_rgb
 from ..errors import CheckpointError, ConfigError
 
-EXPORTED_SUFFIXES = (".onnx", ".pt2")
+EXPORTED_SUFFIXES = (".json", ".onnx", ".pt2")
 
 
 class ImageDecodeError(ValueError):
@@ -36,78 +36,80 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
                                f"{data[:12]!r}); expected a PNG, JPEG, BMP, GIF, TIFF or WebP file") from err
 
 
+@dataclass
+class Upload:
+    """One request's input, read in memory: an image (H, W, 3) uint8 and/or text fields."""
+
+    name: str
+    image: np.ndarray | None = None
+    text: str | None = None  # seq2seq: the text to translate
+    question: str | None = None  # VQA: the question about the image
+
+
 class Predictor(Protocol):
     """The seam between the HTTP app and a model: `prepare` runs per request, `predict` once per batch."""
 
-    task: str  # the task, as `vitkit export` names it: "classification", "segmentation", "detection"
+    task: str  # the task, as `vitkit export` names it: "classification", "segmentation", "detection", ...
     model: str  # the model's registered name, or the exported file's name
     format: str  # "torch", "onnx" or "exported-program"
+    inputs: str  # what a request carries: "image", "image+question" (VQA) or "text" (seq2seq)
 
-    def prepare(self, image: np.ndarray) -> Any: ...
+    def prepare(self, upload: Upload) -> Any: ...
 
     def predict(self, prepared: list[Any], names: list[str]) -> list[dict]: ...
 
 
-class TorchPredictor:
-    """A task from its Lightning checkpoint; preprocessing is the checkpoint's evaluation pipeline (the data module's
-    eval transform, ending in a resize to the model's input size) and rows come from the task's `predict_step`."""
-
-    format = "torch"
-
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        from ..explain.command import load_task
-        from ..explain.tasks import eval_pipeline
-        from ..tasks.classification import ImageClassifier
-
-        task, ckpt = load_task(path, device)
-        if not isinstance(task, ImageClassifier):
-            raise ConfigError(f"{path} (--ckpt): holds a {type(task).__name__}; `vitkit serve` serves image "
-                              "classifiers (ImageClassifier) from checkpoints so far; export other tasks with "
-                              "`vitkit export` and serve the .onnx/.pt2 file")
-        self.net, self.device = task, torch.device(device)
-        self.task, self.model = "classification", str(task.hparams.get("model", type(task.net).__name__))
-        self.transform, _, _ = eval_pipeline(ckpt, tuple(task.net.img_size))
-
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
-        return self.transform(image=image)["image"]  # (H, W, 3) uint8 -> (3, h, w) float32
-
-    @torch.inference_mode()
-    def predict(self, prepared: list[torch.Tensor], names: list[str]) -> list[dict]:
-        x = torch.stack(prepared).to(self.device)  # (B, 3, h, w)
-        return self.net.predict_step((x, names), 0)
+INPUTS = {"seq2seq": "text", "vqa": "image+question"}
 
 
-class ExportedPredictor:
-    """An exported model (`vitkit export`: .onnx run by onnxruntime, .pt2 by torch.export), through
-    `vitkit.export.runtime.ExportedModel`, which owns its preprocessing and its rows."""
+class RuntimePredictor:
+    """Any task through `vitkit.export.runtime.ExportedModel`: over exported files (.onnx run by onnxruntime, .pt2
+    by torch.export) or over a Lightning checkpoint's eager graphs (`ExportedModel.from_checkpoint`), so both give
+    the same preprocessing (the data module's evaluation pipeline) and the same rows."""
 
-    def __init__(self, path: str) -> None:
-        try:
-            from ..export.runtime import ExportedModel
-        except ImportError as err:
-            raise ConfigError(f"{path} (--ckpt): serving exported models needs vitkit.export ({err})") from err
-        self.runtime = ExportedModel(path)
+    def __init__(self, runtime, model: str, format: str) -> None:
+        self.runtime, self.model, self.format = runtime, model, format
+        self.task = str(runtime.meta["task"])
+        self.inputs = INPUTS.get(self.task, "image")
+
+    def prepare(self, upload: Upload) -> Any:
+        """The model input of one request; a text longer than the model takes is a ConfigError naming it (here,
+        so that one request cannot fail the batch it would have joined)."""
         meta = self.runtime.meta
-        if "batch" not in meta.get("dynamic_axes", ()):
-            raise ConfigError(f"{path} (--ckpt): exported with a fixed batch size (dynamic axes: "
-                              f"{meta.get('dynamic_axes')}); expected one exported with `vitkit export --dynamic "
-                              "batch`, so that concurrent requests can run as one batch")
-        self.task, self.model = str(meta.get("task")), os.path.basename(path)
-        self.format = str(meta.get("format") or ("onnx" if path.endswith(".onnx") else "exported-program"))
+        if self.inputs == "text":
+            self.runtime.encode_texts([upload.text], meta["decoder"]["max_len"], f"{upload.name}: text")
+            return upload.text
+        image = Image.fromarray(upload.image)
+        if self.inputs == "image+question":
+            self.runtime.encode_texts([upload.question], meta["max_len"], f"{upload.name}: question")
+            return image, upload.question
+        return image
 
-    def prepare(self, image: np.ndarray) -> Image.Image:
-        return Image.fromarray(image)
-
-    def predict(self, prepared: list[Image.Image], names: list[str]) -> list[dict]:
-        rows = self.runtime.predict(prepared)
+    def predict(self, prepared: list[Any], names: list[str]) -> list[dict]:
+        if self.inputs == "image+question":
+            rows = self.runtime.predict([p[0] for p in prepared], [p[1] for p in prepared])
+        else:
+            rows = self.runtime.predict(prepared)
         return [{"path": name, **row} for name, row in zip(names, rows)]
 
 
-def load_predictor(path: str, device: str = "cpu") -> Predictor:
-    """A TorchPredictor for a Lightning .ckpt, an ExportedPredictor for an .onnx/.pt2 file."""
+def load_predictor(path: str, device: str = "cpu") -> RuntimePredictor:
+    """A predictor over a Lightning .ckpt (eager, on `device`) or an exported model (its .json, .onnx or .pt2)."""
+    from ..export.runtime import ExportedModel
+
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} (--ckpt): file not found; expected a Lightning .ckpt or an exported "
-                              ".onnx/.pt2 file")
-    if path.endswith(EXPORTED_SUFFIXES):
-        return ExportedPredictor(path)
-    return TorchPredictor(path, device)
+        raise CheckpointError(f"{path} (--ckpt): file not found; expected a Lightning .ckpt or a model written by "
+                              "`vitkit export` (.json, .onnx or .pt2)")
+    if not path.endswith(EXPORTED_SUFFIXES):
+        runtime = ExportedModel.from_checkpoint(path, device)
+        return RuntimePredictor(runtime, str(runtime.meta.get("model") or os.path.basename(path)), "torch")
+    if device != "cpu":
+        raise ConfigError(f"--device {device}: exported models run on the CPU (onnxruntime / torch.export); "
+                          "serve the .ckpt to use another device")
+    runtime = ExportedModel(path)
+    meta = runtime.meta
+    if "batch" not in meta.get("dynamic_axes", ()):
+        raise ConfigError(f"{path} (--ckpt): exported with a fixed batch size (dynamic axes: "
+                          f"{meta.get('dynamic_axes')}); expected one exported with `vitkit export --dynamic "
+                          "batch`, so that concurrent requests can run as one batch")
+    return RuntimePredictor(runtime, os.path.basename(path), str(meta["format"]))

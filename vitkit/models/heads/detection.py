@@ -202,8 +202,10 @@ class DetrHead(nn.Module):
         logits, boxes = self._decode(content, anchors, memory, mask)  # (L, B, T, K+1), (L, B, T, 4)
         n_dn = dn.length if dn is not None else 0
         out.update({"pred_logits": logits[-1, :, n_dn:], "pred_boxes": boxes[-1, :, n_dn:]})
-        out["aux_outputs"] = [{"pred_logits": lg[:, n_dn:], "pred_boxes": bx[:, n_dn:]}
-                              for lg, bx in zip(logits[:-1], boxes[:-1])]
+        # indexed, not iterated: iterating a tensor traces as `unbind`, which a .pt2 program with one decoder layer
+        # (no auxiliary outputs) cannot load back (torch.export serialises an unbind into no tensors badly)
+        out["aux_outputs"] = [{"pred_logits": logits[i, :, n_dn:], "pred_boxes": boxes[i, :, n_dn:]}
+                              for i in range(logits.shape[0] - 1)]
         if dn is not None:
             out["dn"] = {"pred_logits": logits[:, :, :n_dn], "pred_boxes": boxes[:, :, :n_dn], "labels": dn.labels,
                          "boxes": dn.boxes, "valid": dn.valid, "groups": dn.groups}
