@@ -241,6 +241,7 @@ def _onnx_runner(path: Path, threads: int | None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]  # the exporter drops inputs a graph does not read
     return lambda feeds: session.run(None, {n: feeds[n] for n in names})
