@@ -1,12 +1,13 @@
 """CPU inference of exported models: torch eager vs torch.compile vs onnxruntime (graph optimisation ALL, 2 intra-op
 threads, and 1 for a like-for-like with torch at 1 thread; see --torch-threads; ONNX opset 20, the export default,
 and opset 18 whose GELU is an erf chain), for the digits speedrun classifier
-and the shapes segmenter (random weights: speed does not depend on them). Rounds interleave the runners
+and the shapes segmenter (random weights: speed does not depend on them), and greedy decoding of the numbers
+translator (eager `generate` vs the exported encoder + decoder step). Rounds interleave the runners
 (A, B, C, A, B, C, ...) so that drift in the machine hits each alike.
 
     python benchmarks/export.py [--rounds 5] [--seconds 1.5] [--torch-threads 1]
 
-Writes benchmarks/results/export.json and prints a markdown table (images/s, ratio vs eager)."""
+Writes benchmarks/results/export.json and prints a markdown table (images or sentences per second, ratio vs eager)."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,8 @@ import torch
 
 from vitkit.export.formats import dynamic_shapes, trace, write
 from vitkit.export.graphs import build_spec
-from vitkit.tasks import ImageClassifier, SemanticSegmenter
+from vitkit.export.text import build_text_spec, greedy_decode
+from vitkit.tasks import ImageClassifier, SemanticSegmenter, Seq2Seq
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 THREADS = 2
@@ -75,6 +77,38 @@ def runners(task: torch.nn.Module, batch: int, folder: Path) -> dict:
             "onnxruntime opset 18 (1 thread)": lambda: old.run(None, {"pixels": pixels})}
 
 
+def translator() -> Seq2Seq:
+    """The model of configs/seq2seq/numbers_tiny.yaml (transformer_tiny, 512 tokens, max_len 48)."""
+    torch.manual_seed(0)
+    return Seq2Seq("transformer_tiny", vocab_size=512, max_len=48, model_kwargs={"dropout": 0.0}).eval()
+
+
+def text_runners(task: Seq2Seq, batch: int, folder: Path) -> dict:
+    """Greedy decoding of `batch` random 16-token sources for 24 new tokens (the config's max_new_tokens; random
+    weights never end early, so every runner decodes all 24): eager `generate` (growing KV cache) vs the exported
+    encoder + decoder step (static KV cache) in `vitkit.export.text.greedy_decode` on onnxruntime."""
+    spec = build_text_spec(task, {"batch"})
+    sessions = {}
+    for name, graph in spec.graphs.items():
+        path = folder / f"seq2seq.{name}.onnx"
+        write(trace(graph.module, tuple(graph.inputs.values()), graph.dynamic_shapes), path, "onnx",
+              list(graph.inputs), graph.outputs, OPSET)
+        sessions[name] = ort_session(path, 1)
+    src = torch.randint(3, 512, (batch, 16))
+    dec, enc, step = spec.extra_meta["decoder"], sessions["encoder"], sessions["decoder"]
+    step_inputs = [i.name for i in step.get_inputs()]
+    enc_out, step_out = spec.graphs["encoder"].outputs, spec.graphs["decoder"].outputs
+
+    def eager():
+        task.model.generate(src, max_new_tokens=24)
+
+    def onnx():
+        encoded = dict(zip(enc_out, enc.run(None, {"src": src.numpy()})))
+        greedy_decode(encoded, lambda f: dict(zip(step_out, step.run(None, {n: f[n] for n in step_inputs}))), dec, 24)
+
+    return {"torch eager": eager, "onnxruntime (1 thread)": onnx}
+
+
 def images_per_second(fn, batch: int, seconds: float) -> float:
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -93,8 +127,10 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (task, batch) in models().items():
-            run = runners(task, batch, Path(tmp))
+        jobs = [(name, task, batch, runners) for name, (task, batch) in models().items()]
+        jobs.append(("numbers translator (greedy, 24 tokens, batch 32)", translator(), 32, text_runners))
+        for name, task, batch, make in jobs:
+            run = make(task, batch, Path(tmp))
             for fn in run.values():  # warm-up (and torch.compile's compilation)
                 for _ in range(3):
                     fn()
@@ -105,16 +141,16 @@ def main() -> None:
             eager = statistics.median(speeds["torch eager"])
             for k, v in speeds.items():
                 med = statistics.median(v)
-                rows.append({"model": name, "runtime": k, "images_per_s": round(med, 1),
+                rows.append({"model": name, "runtime": k, "inputs_per_s": round(med, 1),
                              "vs_eager": round(med / eager, 2), "rounds": [round(s, 1) for s in v]})
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                    "torch_threads": args.torch_threads, "ort_threads": [THREADS, 1], "opset": OPSET,
                                    "torch": torch.__version__, "onnxruntime": ort.__version__, "rows": rows},
                                   indent=2))
-    print("| model | runtime | images/s (median of rounds) | vs eager |\n| --- | --- | --- | --- |")
+    print("| model | runtime | inputs/s (median of rounds) | vs eager |\n| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['runtime']} | {r['images_per_s']} | {r['vs_eager']}x |")
+        print(f"| {r['model']} | {r['runtime']} | {r['inputs_per_s']} | {r['vs_eager']}x |")
 
 
 if __name__ == "__main__":

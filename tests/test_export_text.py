@@ -88,7 +88,10 @@ def test_seq2seq_exports_an_encoder_and_a_cached_decoder_step_that_decode_the_ta
     assert {p.name for p in out.iterdir()} == {f"{stem}.encoder.{suffix}", f"{stem}.decoder.{suffix}",
                                                f"{stem}.json", "tokenizer.json"}
     meta = meta_of(out, stem)
-    assert meta["task"] == "seq2seq" and meta["graphs"]["decoder"]["inputs"][:4] == ["token", "pos", "self_k", "self_v"]
+    assert meta["task"] == "seq2seq" and meta["graphs"]["decoder"]["inputs"][:4] == ["token", "pos", "memory_mask",
+                                                                                     "self_k.0"]
+    assert meta["graphs"]["decoder"]["outputs"] == ["logits", "new_self_k.0", "new_self_k.1", "new_self_v.0",
+                                                    "new_self_v.1"]  # the 2-layer decoder's caches, layer by layer
     tokens = [r for r in meta["parity"] if r["output"] == "tokens"]
     assert [r["input"] for r in tokens] == ["2x8", "3x13"] and all(r["identical"] for r in tokens)
     assert all(r["max_abs_diff"] < 1e-4 for r in meta["parity"] if r["output"] == "logits")

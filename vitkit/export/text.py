@@ -1,13 +1,14 @@
 """Exportable graphs of the text tasks, and the greedy loop that runs an exported decoder.
 
-A Seq2Seq or ImageCaptioner model becomes two graphs. The *encoder* turns source ids (B, S) or pixels (B, 3, H, W)
-into the decoder's cross-attention keys/values, `cross_k`/`cross_v` (layers, B, heads, M, head_dim), and a
-`memory_mask` (B, 1, 1, M), True where a memory position may be attended. The *decoder* computes one token:
-`token` (B, 1) at position `pos` (0-d int64) with the self-attention cache `self_k`/`self_v`
-(layers, B, heads, max_len, head_dim) as inputs and outputs: it returns that step's `logits` (B, vocab) and the cache
-with the step's keys/values written at slot `pos` (`vitkit.nn.StaticKVCache`: fixed shapes, so one traced graph
-serves every step). `greedy_decode` is the loop over it, as `Seq2SeqTransformer.generate(beam_size=1)` decodes.
-A VisualQA model is one graph, (pixels, question ids) -> answer logits.
+A Seq2Seq or ImageCaptioner model becomes two graphs. The *encoder* turns source ids `src` (B, S) or `pixels`
+(B, 3, H, W) into each decoder layer's cross-attention keys/values `cross_k.<i>`/`cross_v.<i>` (B, heads, M, head_dim)
+and a `memory_mask` (B, 1, 1, M), True where a memory position may be attended. The *decoder* computes one token:
+`token` (B, 1) at position `pos` (0-d int64), with each layer's self-attention cache `self_k.<i>`/`self_v.<i>`
+(B, heads, max_len, head_dim) as inputs and outputs: it returns that step's `logits` (B, vocab) and the caches with
+the step's keys/values written at slot `pos` (`new_self_k.<i>`/`new_self_v.<i>`; `vitkit.nn.StaticKVCache`: fixed
+shapes, so one traced graph serves every step). One input per layer, not one stacked tensor: splitting and
+re-stacking the caches took a quarter of a step in onnxruntime. `greedy_decode` is the loop over the step, as
+`Seq2SeqTransformer.generate(beam_size=1)` decodes. A VisualQA model is one graph, (pixels, question) -> logits.
 """
 from __future__ import annotations
 
@@ -24,55 +25,69 @@ from ..errors import ConfigError
 from ..nn import KVCache, StaticKVCache, padding_mask
 from .graphs import GraphSpec, allow_any_size, example_pixels
 
-ENCODER_OUTPUTS = ["cross_k", "cross_v", "memory_mask"]
-DECODER_INPUTS = ["token", "pos", "self_k", "self_v", "cross_k", "cross_v", "memory_mask"]
-DECODER_OUTPUTS = ["logits", "new_self_k", "new_self_v"]
+
+def layer_names(prefix: str, layers: int) -> list[str]:
+    return [f"{prefix}.{i}" for i in range(layers)]
 
 
-def cross_kv(decoder: nn.Module, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every decoder block's cross-attention keys and values of a memory, stacked: (layers, B, heads, M, head_dim)."""
+def encoder_outputs(layers: int) -> list[str]:
+    return [*layer_names("cross_k", layers), *layer_names("cross_v", layers), "memory_mask"]
+
+
+def decoder_inputs(layers: int) -> list[str]:
+    return ["token", "pos", "memory_mask", *layer_names("self_k", layers), *layer_names("self_v", layers),
+            *layer_names("cross_k", layers), *layer_names("cross_v", layers)]
+
+
+def decoder_outputs(layers: int) -> list[str]:
+    return ["logits", *layer_names("new_self_k", layers), *layer_names("new_self_v", layers)]
+
+
+def cross_kv(decoder: nn.Module, memory: torch.Tensor) -> list[torch.Tensor]:
+    """Every decoder block's cross-attention keys, then values, of a memory: 2 x layers (B, heads, M, head_dim)."""
     kv = [blk.cross_attn.memory_kv(memory) for blk in decoder.blocks]
-    return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
+    return [k for k, _ in kv] + [v for _, v in kv]
 
 
 class SourceEncoderGraph(nn.Module):
-    """Seq2Seq source ids (B, S), padded with `pad_id` -> cross_k, cross_v, memory_mask (padding not attended)."""
+    """Seq2Seq source ids (B, S), padded with `pad_id` -> cross_k.*, cross_v.*, memory_mask (padding not attended)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, src: torch.Tensor) -> tuple[torch.Tensor, ...]:
         memory, mask = self.model.encode(src)
         return *cross_kv(self.model.decoder, memory), mask
 
 
 class ImageEncoderGraph(nn.Module):
-    """Captioner pixels (B, 3, H, W) -> cross_k, cross_v, memory_mask (every image token attended)."""
+    """Captioner pixels (B, 3, H, W) -> cross_k.*, cross_v.*, memory_mask (every image token attended)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         memory = self.model.encode(pixels)
         mask = padding_mask(torch.zeros(memory.shape[:2], dtype=torch.bool, device=memory.device))
         return *cross_kv(self.model.decoder, memory), mask
 
 
 class DecoderStepGraph(nn.Module):
-    """One greedy step of a `TextDecoder`: (token, pos, self_k, self_v, cross_k, cross_v, memory_mask) ->
-    (logits, new_self_k, new_self_v); see the module docstring for the shapes."""
+    """One greedy step of a `TextDecoder`: (token, pos, memory_mask, self_k.*, self_v.*, cross_k.*, cross_v.*) ->
+    (logits, new_self_k.*, new_self_v.*); see the module docstring for the shapes."""
 
     def __init__(self, decoder: nn.Module) -> None:
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, token, pos, self_k, self_v, cross_k, cross_v, memory_mask):
-        caches = [(StaticKVCache(self_k[i], self_v[i], pos), KVCache(cross_k[i], cross_v[i]))
-                  for i in range(len(self.decoder.blocks))]
-        logits = self.decoder(token, None, memory_mask, caches)[:, -1]  # (B, vocab)
-        return logits, torch.stack([s.k for s, _ in caches]), torch.stack([s.v for s, _ in caches])
+    def forward(self, token, pos, memory_mask, *caches):
+        L = len(self.decoder.blocks)
+        sk, sv, ck, cv = (caches[i * L:(i + 1) * L] for i in range(4))
+        layers = [(StaticKVCache(sk[i], sv[i], pos), KVCache(ck[i], cv[i])) for i in range(L)]
+        logits = self.decoder(token, None, memory_mask, layers)[:, -1]  # (B, vocab)
+        return logits, *(s.k for s, _ in layers), *(s.v for s, _ in layers)
 
 
 class VQAGraph(nn.Module):
@@ -152,23 +167,24 @@ def build_text_spec(task: nn.Module, dynamic: set[str]) -> TextExportSpec:
                               {"pad_id": hp.pad_id, "max_len": max_len})
     if name == "Seq2Seq":
         src = example_ids(2, min(8, model.max_len), model.vocab_size, specials, hp.pad_id, seed=2)
-        encoder = GraphSpec(SourceEncoderGraph(model), {"src": src}, ENCODER_OUTPUTS,
+        encoder = GraphSpec(SourceEncoderGraph(model), {"src": src}, encoder_outputs(len(model.decoder.blocks)),
                             {"src": axes(a0=batch, a1=Dim("text", min=1, max=model.max_len))})
     else:
         encoder = GraphSpec(ImageEncoderGraph(model), {"pixels": example_pixels(image_size, patch_size, 2)},
-                            ENCODER_OUTPUTS, {"pixels": pixel_axes})
+                            encoder_outputs(len(model.decoder.blocks)), {"pixels": pixel_axes})
     dec = decoder_meta(model)
+    L = dec["layers"]
     with torch.no_grad():
-        cross_k, cross_v, mask = encoder.module(*encoder.inputs.values())
-    L, B, H, _, hd = cross_k.shape
-    cache = torch.zeros(L, B, H, dec["max_len"], hd)
+        encoded = dict(zip(encoder.outputs, encoder.module(*encoder.inputs.values())))
+    B, H, _, hd = encoded["cross_k.0"].shape
     memory = Dim("memory", min=1, max=65536)
-    step = {"token": torch.full((B, 1), dec["bos_id"]), "pos": torch.tensor(1), "self_k": cache,
-            "self_v": cache.clone(), "cross_k": cross_k, "cross_v": cross_v, "memory_mask": mask}
-    shapes = {"token": axes(a0=batch), "pos": {}, "self_k": axes(a1=batch), "self_v": axes(a1=batch),
-              "cross_k": axes(a1=batch, a3=memory), "cross_v": axes(a1=batch, a3=memory),
-              "memory_mask": axes(a0=batch, a3=memory)}
-    graphs = {"encoder": encoder, "decoder": GraphSpec(DecoderStepGraph(model.decoder), step, DECODER_OUTPUTS, shapes)}
+    step = {"token": torch.full((B, 1), dec["bos_id"]), "pos": torch.tensor(1), "memory_mask": encoded["memory_mask"],
+            **{n: torch.zeros(B, H, dec["max_len"], hd) for n in layer_names("self_k", L) + layer_names("self_v", L)},
+            **{n: encoded[n] for n in layer_names("cross_k", L) + layer_names("cross_v", L)}}
+    shapes = {"token": axes(a0=batch), "pos": {}, "memory_mask": axes(a0=batch, a3=memory),
+              "caches": tuple([axes(a0=batch)] * 2 * L + [axes(a0=batch, a2=memory)] * 2 * L)}
+    graphs = {"encoder": encoder,
+              "decoder": GraphSpec(DecoderStepGraph(model.decoder), step, decoder_outputs(L), shapes)}
     kind = "seq2seq" if name == "Seq2Seq" else "captioning"
     return TextExportSpec(kind, model, graphs, image_size, patch_size, {"decoder": dec})
 
@@ -186,11 +202,11 @@ def greedy_decode(encoded: dict[str, np.ndarray], step: StepFn, dec: dict, max_n
     if not 1 <= max_new < dec["max_len"]:
         raise ValueError(f"max_new_tokens={max_new}; expected 1..{dec['max_len'] - 1} (the decoder's max_len "
                          f"{dec['max_len']} includes the start token)")
-    k = encoded["cross_k"]
-    B = k.shape[1]
-    cache = np.zeros((dec["layers"], B, dec["heads"], dec["max_len"], dec["head_dim"]), np.float32)
-    feeds = {"token": np.full((B, 1), dec["bos_id"], np.int64), "self_k": cache, "self_v": cache.copy(),
-             "cross_k": k, "cross_v": encoded["cross_v"], "memory_mask": encoded["memory_mask"]}
+    L = dec["layers"]
+    B = encoded["memory_mask"].shape[0]
+    cache = np.zeros((B, dec["heads"], dec["max_len"], dec["head_dim"]), np.float32)
+    feeds = {"token": np.full((B, 1), dec["bos_id"], np.int64), **encoded,
+             **{n: cache for n in layer_names("self_k", L) + layer_names("self_v", L)}}  # read, never written to
     done = np.zeros(B, bool)
     ids, logits = [], []
     for t in range(max_new):
@@ -201,7 +217,9 @@ def greedy_decode(encoded: dict[str, np.ndarray], step: StepFn, dec: dict, max_n
         nxt = np.where(done, dec["pad_id"], scores.argmax(-1)).astype(np.int64)
         ids.append(nxt)
         done |= nxt == dec["eos_id"]
-        feeds.update(token=nxt[:, None], self_k=out["new_self_k"], self_v=out["new_self_v"])
+        feeds["token"] = nxt[:, None]
+        for n in layer_names("self_k", L) + layer_names("self_v", L):
+            feeds[n] = out[f"new_{n}"]
         if done.all():
             break
     return np.stack(ids, 1), np.stack(logits, 1)

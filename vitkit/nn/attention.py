@@ -73,8 +73,8 @@ class StaticKVCache(KVCache):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if k.shape[2] != 1:
             raise ValueError(f"StaticKVCache: a step computes one token; got {k.shape[2]}")
-        slot = (torch.arange(self.k.shape[2], device=k.device) == self.pos)[:, None]  # (max_len, 1)
-        self.k, self.v = torch.where(slot, k, self.k), torch.where(slot, v, self.v)
+        index = self.pos.reshape(1, 1, 1, 1).expand_as(k)  # (B, heads, 1, head_dim): slot `pos` of every row
+        self.k, self.v = self.k.scatter(2, index, k), self.v.scatter(2, index, v)
         return self.k, self.v
 
     def causal_mask(self, n_query: int, device=None) -> torch.Tensor:
