@@ -17,6 +17,7 @@ from vitkit.nn import (
     KVCache,
     LayerScale,
     PatchEmbed,
+    StaticKVCache,
     capture_attention,
     padding_mask,
     resample_pos_embed,
@@ -217,6 +218,36 @@ def test_kv_cache_decoding_equals_full_causal_forward(step, capture):
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
     assert all(self_c.length == T and cross_c.length == M for self_c, cross_c in caches)
     assert len(memory_projections) == 1  # the memory's keys/values are computed once, then reused
+
+
+def test_static_cache_decoding_with_a_tensor_position_equals_the_growing_cache():
+    """What an exported decoder step runs: fixed max_len slots written at a 0-d tensor position, later slots masked
+    (filled with garbage here: they must not matter), cross-attention keys given up front."""
+    T, M, max_len, mem_dim = 6, 5, 9, 24
+    blocks = nn.ModuleList(DecoderBlock(DIM, HEADS, memory_dim=mem_dim) for _ in range(2)).eval()
+    x, memory = torch.randn(B, T, DIM), torch.randn(B, M, mem_dim)
+    head_dim = DIM // HEADS
+    with torch.no_grad():
+        grown = [(KVCache(), KVCache()) for _ in blocks]
+        want = []
+        for t in range(T):
+            h = x[:, t:t + 1]
+            for blk, cache in zip(blocks, grown):
+                h = blk(h, memory, is_causal=True, cache=cache)
+            want.append(h)
+        static = [[torch.randn(B, HEADS, max_len, head_dim) * 100 for _ in range(2)] for _ in blocks]
+        cross = [blk.cross_attn.memory_kv(memory) for blk in blocks]
+        got = []
+        for t in range(T):
+            h, pos = x[:, t:t + 1], torch.tensor(t)
+            for i, blk in enumerate(blocks):
+                cache = (StaticKVCache(*static[i], pos), KVCache(*cross[i]))
+                h = blk(h, None, is_causal=True, cache=cache)
+                static[i] = [cache[0].k, cache[0].v]
+            got.append(h)
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one token"):
+        blocks[0](x[:, :2], memory, is_causal=True, cache=(StaticKVCache(*static[0], torch.tensor(0)), KVCache()))
 
 
 # --------------------------------------------------------------------------- padding masks
