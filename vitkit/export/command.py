@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", default="batch", help="comma-separated axes left free: batch (the default), size "
                    "(image height/width, multiples of the patch; positions are resampled in the graph), or none")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (onnx only; 20 has GELU as one op, which "
-                   "onnxruntime runs ~15%% faster on CPU than opset 18's erf chain; benchmarks/export.py)")
+                   "onnxruntime runs ~10%% faster on CPU than opset 18's erf chain; benchmarks/export.py)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |exported - eager| accepted per output")
     return p
 
