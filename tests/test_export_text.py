@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from vitkit.cli import main
-from vitkit.data.shapes import ShapesConfig, generate_shapes
 from vitkit.errors import ConfigError
 from vitkit.explain.command import load_task
 from vitkit.export import ExportedModel, ExportError
@@ -43,34 +42,28 @@ def numbers(tmp_path_factory) -> Path:
     return last_ckpt(tmp / "runs" / "numbers_tiny" / "version_0")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(num_train=24, num_val=8, num_test=8))
-
-
-def shape_args(root: Path, prefix: str) -> list[str]:
-    out = []
-    for s in ("train", "val", "test"):
-        out += [f"--data.init_args.{s}_json", str(root / "annotations" / f"{prefix}_{s}.json"),
-                f"--data.init_args.{s}_images", str(root / s / "images")]
-    return out + ["--model.init_args.encoder_kwargs", '{"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2}',
-                  "--data.init_args.img_size", "32", "--data.init_args.batch_size", "8"]
+def shape_args(root: Path) -> list[str]:
+    """The embedded shapes scenes (captions and questions), a small set made in `root`, and a tiny encoder."""
+    return ["--data.init_args.root", str(root), "--data.init_args.shapes",
+            '{"num_train": 24, "num_val": 8, "num_test": 8}', "--model.init_args.encoder_kwargs",
+            '{"depth": 1, "patch_size": 8, "embed_dim": 32, "num_heads": 2}', "--data.init_args.img_size", "32",
+            "--data.init_args.batch_size", "8"]
 
 
 @pytest.fixture(scope="module")
-def captioner(tmp_path_factory, shapes) -> Path:
+def captioner(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cap")
     main(["fit", "--config", str(ROOT / "configs/captioning/shapes_captions.yaml"), "--trainer.default_root_dir",
-          str(tmp), *shape_args(shapes, "captions"), "--model.init_args.decoder_kwargs",
+          str(tmp), *shape_args(tmp / "shapes"), "--model.init_args.decoder_kwargs",
           '{"dim": 32, "depth": 1, "num_heads": 2, "dropout": 0.0}', "--trainer.max_steps", "30", *QUIET])
     return last_ckpt(tmp / "shapes_captions" / "version_0")
 
 
 @pytest.fixture(scope="module")
-def answerer(tmp_path_factory, shapes) -> Path:
+def answerer(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("vqa")
     main(["fit", "--config", str(ROOT / "configs/vqa/shapes_vqa.yaml"), "--trainer.default_root_dir", str(tmp),
-          *shape_args(shapes, "vqa"), "--model.init_args.fusion_kwargs",
+          *shape_args(tmp / "shapes"), "--model.init_args.fusion_kwargs",
           '{"dim": 32, "depth": 1, "num_heads": 2, "dropout": 0.0}', "--model.init_args.pretrained", "null",
           "--trainer.max_steps", "10", *QUIET])
     return last_ckpt(tmp / "shapes_vqa" / "version_0")
