@@ -141,3 +141,31 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
         export(["--ckpt", "x.ckpt", "--format", "tflite"])
     with pytest.raises(ConfigError, match="--dynamic 'height'"):
         export(["--ckpt", "x.ckpt", "--dynamic", "height"])
+
+
+@pytest.mark.parametrize("model,patch", [("vit_small_patch16_rope_224", 8), ("vit_small_patch16_rope_mixed_224", 8),
+                                         ("vit_small_patch16_dinov3", 8), ("vit_small_patch14_reg4_dinov2", 14)])
+def test_pretrained_families_export_with_dynamic_size(tmp_path, model, patch):
+    """RoPE tables (axial, mixed, DINOv3) are built in the graph for the input's grid, not cached at the trace's."""
+    torch.manual_seed(0)
+    task = ImageClassifier(model, num_classes=3, img_size=2 * patch, model_kwargs={**TINY_VIT, "patch_size": patch})
+    ckpt = save(task, tmp_path)
+    export(["--ckpt", str(ckpt), "--dynamic", "batch,size"])
+    rows = parity(ckpt)
+    assert [r["input"] for r in rows] == [f"2x3x{2 * patch}x{2 * patch}", f"3x3x{3 * patch}x{4 * patch}"]
+    assert all(r["max_abs_diff"] < 1e-4 for r in rows)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: SemanticSegmenter("segmenter_vit_nano_patch8_64", num_classes=3, img_size=32, model_kwargs={
+        "encoder": "timm:vit_tiny_patch16_224", "encoder_kwargs": {"depth": 1, "patch_size": 8},
+        "head_kwargs": {"depth": 1}}),
+    lambda: ObjectDetector("detr_vit_nano_patch8_64", num_classes=2, img_size=32, model_kwargs={
+        "encoder": "timm:vit_tiny_patch16_224", "encoder_kwargs": {"depth": 1, "patch_size": 8}, "decoder_dim": 32,
+        "decoder_depth": 1, "decoder_heads": 2, "num_queries": 4}),
+], ids=["segmenter", "detr"])
+def test_tasks_on_a_timm_encoder_export(tmp_path, build):
+    torch.manual_seed(0)
+    ckpt = save(build(), tmp_path)
+    export(["--ckpt", str(ckpt), "--dynamic", "batch"])
+    assert all(r["max_abs_diff"] < 1e-4 for r in parity(ckpt))

@@ -10,16 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from vitkit.cli import main
+from vitkit.data.text import TextTokenizer
 from vitkit.errors import ConfigError
 from vitkit.explain.command import load_task
 from vitkit.export import ExportedModel, ExportError
 from vitkit.export.command import main as export
 from vitkit.serve import create_app, load_predictor
+from vitkit.tasks import ImageCaptioner
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "-1", "--test_after_fit", "false",
@@ -183,3 +186,22 @@ def test_serve_captions_and_answers_questions(captioner, answerer, tmp_path):
         assert 0 < r.json()["prob"] <= 1
         missing = client.post("/predict", files={"file": ("s.png", png(2), "image/png")})
         assert missing.status_code == 422 and "question" in missing.text
+
+
+def test_a_captioner_on_a_timm_encoder_exports(tmp_path):
+    """Sizes read from the encoder's patch embedding, which vitkit's and timm's ViTs both have."""
+    tok = TextTokenizer.train(["a red circle left of a blue square"] * 10, vocab_size=300)
+    torch.manual_seed(0)
+    task = ImageCaptioner(encoder="timm:vit_tiny_patch16_224", img_size=32, max_len=10,
+                          encoder_kwargs={"depth": 1, "patch_size": 8},
+                          decoder_kwargs={"dim": 32, "depth": 1, "num_heads": 2}, vocab_size=tok.vocab_size,
+                          pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    hparams = {**task.hparams, "_class_path": "vitkit.tasks.ImageCaptioner"}
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": hparams, "tokenizer": tok.state(),
+                "pytorch-lightning_version": pl.__version__}, path)
+    export(["--ckpt", str(path)])
+    meta = meta_of(tmp_path / "run" / "export")
+    assert meta["image_size"] == [32, 32] and meta["patch_size"] == [8, 8]
+    assert all(r["identical"] for r in meta["parity"] if r["output"] == "tokens")

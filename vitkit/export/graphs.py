@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from ..errors import ConfigError
+from ..nn import to_2tuple
 from .formats import dynamic_shapes
 
 TEXT_TASKS = ("Seq2Seq", "ImageCaptioner", "VisualQA")
@@ -105,8 +106,8 @@ def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
                               "images are letterboxed onto a fixed square canvas and the position embeddings of its "
                               "decoder memory / detection tokens are built for that canvas's patch grid; "
                               "use --dynamic batch")
-        size = tuple(net.img_size)
-        return ExportSpec(DetectorGraph(net, task.top_k), "detection", size, tuple(net.encoder.patch_size),
+        size, patch = tuple(net.img_size), to_2tuple(net.encoder.patch_embed.patch_size)
+        return ExportSpec(DetectorGraph(net, task.top_k), "detection", size, patch,
                           ["boxes", "scores", "labels"], False,
                           {"display_threshold": task.display_threshold, "score_threshold": task.score_threshold,
                            "category_ids": _category_ids(task)})

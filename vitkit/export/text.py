@@ -22,7 +22,7 @@ from torch import nn
 from torch.export import Dim
 
 from ..errors import ConfigError
-from ..nn import KVCache, StaticKVCache, padding_mask
+from ..nn import KVCache, StaticKVCache, padding_mask, to_2tuple
 from .graphs import GraphSpec, allow_any_size, example_pixels
 
 
@@ -146,7 +146,8 @@ def build_text_spec(task: nn.Module, dynamic: set[str]) -> TextExportSpec:
         image_size = patch_size = None
     else:
         allow_any_size(model.encoder, "size" in dynamic, name)
-        image_size, patch_size = tuple(model.encoder.img_size), tuple(model.encoder.patch_embed.patch_size)
+        embed = model.encoder.patch_embed  # vitkit's and timm's PatchEmbed both keep the two sizes
+        image_size, patch_size = to_2tuple(embed.img_size), to_2tuple(embed.patch_size)
     pixel_axes = {} if batch is None else {0: batch}
     if "size" in dynamic:
         pixel_axes[2] = patch_size[0] * Dim("patches_h", min=1, max=1024)

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..nn import to_2tuple
 from .encoders import build_encoder, own_sizes_unused
 from .heads.detection import DetrHead, Output
 from .pretrained import load_pretrained
@@ -78,7 +79,7 @@ class DetrViT(nn.Module):
 
     @property
     def img_size(self) -> tuple[int, int]:
-        return self.encoder.img_size
+        return to_2tuple(self.encoder.patch_embed.img_size)  # vitkit's and timm's PatchEmbed both keep it
 
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Output:
         return self.head(self.encoder.forward_features(images), targets)  # (B, 3, H, W) -> tokens -> boxes

@@ -123,6 +123,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
         """(H, W) patch grid -> (N = H*W, head_dim) embedding, (depth, heads, N, head_dim) for "mixed"; float32."""
+        if torch.compiler.is_exporting():  # a traced graph takes any grid: build the embedding in it, uncached
+            return self._embed(tuple(grid))
         grid = (int(grid[0]), int(grid[1]))
         key = self._cache_key(grid)
         if key is None:
