@@ -138,7 +138,7 @@ def check_text(spec, task, exported: ExportedModel, dynamic: set[str], atol: flo
             if not r["max_abs_diff"] <= atol:
                 bad.append(f"{r['output']} at {r['input']}: {r['max_abs_diff']:.3g}")
         else:
-            print(f"parity {r['input']} greedy tokens ({r['length']} steps): "
+            print(f"parity {r['input']} greedy tokens ({r['length']} of {r['steps']} steps): "
                   f"{'identical' if r['identical'] else 'DIFFERENT'}")
     _raise_if(bad, exported, atol)
     return rows

@@ -136,7 +136,8 @@ class ExportedModel:
         dtypes = [np.float32, np.int64]
         return self.run_graph("model", {n: np.asarray(x, dtype=t) for n, x, t in zip(names, inputs, dtypes)})
 
-    def generate(self, inputs: np.ndarray, max_new_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(self, inputs: np.ndarray, max_new_tokens: int | None = None, min_steps: int = 0) -> \
+            tuple[np.ndarray, np.ndarray]:
         """Greedy decoding of source ids (B, S) or pixels (B, 3, H, W) through the exported encoder and decoder
         step: ids (B, L) without BOS, padded after EOS, and each step's logits (B, L, vocab)."""
         from .text import greedy_decode
@@ -145,7 +146,7 @@ class ExportedModel:
         inputs = np.asarray(inputs, np.int64 if name == "src" else np.float32)
         encoded = self.run_graph("encoder", {name: inputs})
         return greedy_decode(encoded, lambda feeds: self.run_graph("decoder", feeds), self.meta["decoder"],
-                             max_new_tokens)
+                             max_new_tokens, min_steps)
 
     def predict(self, inputs: list, questions: list[str] | None = None) -> list[dict]:
         """One JSON-able dict per input, as the task's `predict_step` writes it (without "path"): `inputs` are PIL

@@ -194,10 +194,11 @@ def build_text_spec(task: nn.Module, dynamic: set[str]) -> TextExportSpec:
 StepFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def greedy_decode(encoded: dict[str, np.ndarray], step: StepFn, dec: dict, max_new_tokens: int | None = None) -> \
-        tuple[np.ndarray, np.ndarray]:
+def greedy_decode(encoded: dict[str, np.ndarray], step: StepFn, dec: dict, max_new_tokens: int | None = None,
+                  min_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Greedy decoding over an exported decoder step, as `generate(beam_size=1)`: BOS first; padding and BOS are
-    never generated; a finished row continues with padding; stops when every row has produced EOS or after
+    never generated; a finished row continues with padding; stops when every row has produced EOS (but not before
+    `min_steps`: the parity check runs the cache through that many steps even when a model stops at once) or after
     `max_new_tokens` (default max_len - 1). Returns ids (B, L) without BOS and each step's logits (B, L, vocab)."""
     max_new = max_new_tokens or dec["max_len"] - 1
     if not 1 <= max_new < dec["max_len"]:
@@ -221,12 +222,13 @@ def greedy_decode(encoded: dict[str, np.ndarray], step: StepFn, dec: dict, max_n
         feeds["token"] = nxt[:, None]
         for n in layer_names("self_k", L) + layer_names("self_v", L):
             feeds[n] = out[f"new_{n}"]
-        if done.all():
+        if done.all() and t + 1 >= min_steps:
             break
     return np.stack(ids, 1), np.stack(logits, 1)
 
 
 # --------------------------------------------------------------------------------------------- parity
+PARITY_STEPS = 16  # decoder steps the parity check runs at least, compared logit by logit with the uncached model
 def parity_cases(spec: TextExportSpec, task, dynamic: set[str]) -> list[tuple[str, tuple[torch.Tensor, ...], bool]]:
     """(label, inputs, at the trained size) for the parity check: a batch of 2 and, where the batch or the image
     size is dynamic, a batch of 3 and/or a larger image; text inputs also change length (always dynamic)."""
@@ -259,9 +261,11 @@ def check_text_parity(spec: TextExportSpec, task, exported, dynamic: set[str]) -
             got = exported.run(*(x.numpy() for x in inputs))["logits"]
             rows.append({"input": label, "output": "logits", "max_abs_diff": _diff(got, model(*inputs))})
             continue
-        ids, logits = exported.generate(inputs[0].numpy())
-        want = model.generate(inputs[0], beam_size=1)
-        same = ids.shape == tuple(want.shape) and bool((ids == want.numpy()).all())
+        max_new = model.max_len - 1
+        ids, logits = exported.generate(inputs[0].numpy(), min_steps=min(PARITY_STEPS, max_new))
+        want = model.generate(inputs[0], beam_size=1).numpy()
+        n = want.shape[1]  # the loop went on past the model's stop only with padding in every row
+        same = ids.shape[1] >= n and bool((ids[:, :n] == want).all()) and bool((ids[:, n:] == model.special.pad).all())
         if spec.task == "seq2seq":
             memory, mask = model.encode(inputs[0])
         else:
@@ -269,7 +273,7 @@ def check_text_parity(spec: TextExportSpec, task, exported, dynamic: set[str]) -
         prefix = torch.cat([torch.full((len(ids), 1), model.special.bos), torch.from_numpy(ids[:, :-1])], 1)
         rows.append({"input": label, "output": "logits", "max_abs_diff": _diff(logits, model.decoder(prefix, memory,
                                                                                                      mask))})
-        rows.append({"input": label, "output": "tokens", "identical": same, "length": int(ids.shape[1])})
+        rows.append({"input": label, "output": "tokens", "identical": same, "length": n, "steps": int(ids.shape[1])})
         if not same:
             mismatched.append(f"greedy tokens at {label} differ from generate(beam_size=1)")
     return rows, mismatched
