@@ -469,3 +469,35 @@ def test_coco_detr_config_fits_on_coco_format_data(tmp_path):
     with open(tmp_path / "runs/coco_detr_vit_s/version_0/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/map") for r in rows)
+
+
+def test_the_checkpoint_keeps_the_datasets_category_ids_for_export_and_serving(trained, tmp_path, capsys):
+    """The shapes ids start at 1 (COCO's are sparse): a label index is not a category id, so the checkpoint keeps
+    them and an exported or served detector answers with the dataset's ids."""
+    from PIL import Image
+
+    from vitkit.export import ExportedModel
+    from vitkit.export.command import main as export
+
+    task, dm, _, _ = trained
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    task.trainer.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["category_ids"] == dm.category_ids == [1, 2, 3, 4]
+    ckpt["hyper_parameters"]["_class_path"] = "vitkit.tasks.ObjectDetector"  # what the CLI records
+    torch.save(ckpt, path)
+    export(["--ckpt", str(path), "--out", str(tmp_path / "exp")])
+    model = ExportedModel(tmp_path / "exp" / "model.onnx")
+    assert model.meta["category_ids"] == [1, 2, 3, 4]
+    image = Image.open(next(Path(dm.root).rglob("*.png"))).convert("RGB")
+    model.meta["display_threshold"] = model.meta["score_threshold"] = 0.0  # every top-k box, for the check
+    (row,) = model.predict([image])
+    assert row["detections"] and {d["category_id"] for d in row["detections"]} <= {1, 2, 3, 4}
+    assert all(dm.class_names[d["category_id"] - 1] == d["label"] for d in row["detections"])
+
+    del ckpt["category_ids"]  # a checkpoint from before: labels only, and the export says so
+    torch.save(ckpt, path)
+    export(["--ckpt", str(path), "--out", str(tmp_path / "old")])
+    assert "records no dataset category ids" in capsys.readouterr().out
+    (row,) = ExportedModel(tmp_path / "old" / "model.onnx").predict([image])
+    assert all("category_id" not in d for d in row["detections"])

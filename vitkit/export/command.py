@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--atol: found {args.atol}; expected a positive tolerance, e.g. 1e-4")
     task, ckpt = load_task(args.ckpt)
     spec, graphs, meta = plan(task, ckpt, args.ckpt, args.format, args.opset, dynamic)
+    if meta["task"] == "detection" and meta["category_ids"] is None:
+        print(f"note: {args.ckpt} records no dataset category ids (saved before vitkit kept them): detections will "
+              "carry their label names, without a category_id")
     text = spec.task in ("seq2seq", "captioning", "vqa")
     out = Path(args.out) if args.out else default_out_dir(Path(args.ckpt)).with_name("export")
     out.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ def build_spec(task: nn.Module, dynamic_size: bool) -> ExportSpec:
         return ExportSpec(DetectorGraph(net, task.top_k), "detection", size, patch,
                           ["boxes", "scores", "labels"], False,
                           {"display_threshold": task.display_threshold, "score_threshold": task.score_threshold,
-                           "category_ids": _category_ids(task)})
+                           "num_classes": task.hparams.num_classes, "category_ids": task.dataset_category_ids()})
     raise ConfigError(f"{name}: not a task vitkit export knows; expected ImageClassifier, SemanticSegmenter, "
                       f"ObjectDetector or one of {', '.join(TEXT_TASKS)}")
 
@@ -124,11 +124,3 @@ def allow_any_size(encoder: nn.Module, dynamic_size: bool, task: str) -> None:
         raise ConfigError(f"--dynamic size: the {task}'s encoder {type(encoder).__name__} has no dynamic_img_size "
                           "switch (only vitkit's VisionTransformer resamples its positions per input); drop 'size'")
     encoder.dynamic_img_size = encoder.patch_embed.dynamic_img_size = True
-
-
-def _category_ids(task) -> list[int]:
-    """COCO category ids of the detector's labels (the data module's when attached, else 0..K-1)."""
-    try:
-        return task._category_ids()
-    except RuntimeError:  # no trainer attached to a module loaded from a checkpoint
-        return list(range(task.hparams.num_classes))

@@ -202,8 +202,10 @@ class ExportedModel:
         return rows
 
     def _predict_detection(self, out: dict, info: list[dict]) -> list[dict]:
+        """Detections above the display threshold in the image's own pixels; `category_id` is the dataset's id of
+        the label, left out when the checkpoint did not record them (one saved before vitkit kept them)."""
         m = self.meta
-        names, ids = self._names(len(m["category_ids"])), m["category_ids"]
+        names, ids = self._names(m["num_classes"]), m.get("category_ids")
         rows = []
         for boxes, scores, labels, i in zip(out["boxes"], out["scores"], out["labels"], info):
             (sx, sy), (h, w) = i["scale"], i["orig_size"]
@@ -213,7 +215,8 @@ class ExportedModel:
             keep = (scores > m["score_threshold"]) & (scores >= m["display_threshold"])
             xywh = box_convert(box[keep], "xyxy", "xywh").tolist()
             rows.append({"detections": [
-                {"label": names[c], "category_id": ids[c], "score": round(s, 5), "bbox": [round(v, 2) for v in b]}
+                {"label": names[c], **({"category_id": ids[c]} if ids else {}), "score": round(s, 5),
+                 "bbox": [round(v, 2) for v in b]}
                 for b, s, c in zip(xywh, scores[keep].tolist(), labels[keep].tolist())]})
         return rows
 

@@ -98,6 +98,9 @@ class ImageClassifier(WeightEMA, VitkitTask):
             kwargs["img_size"] = img_size
         self.model = self.build_model(create_model, repr(model), model, pretrained=pretrained, reset_head=reset_head,
                                       num_classes=num_classes, **kwargs)
+        if not hasattr(self.model, "forward_head"):  # e.g. a detector's name, or a checkpoint of another task
+            raise ConfigError(f"model.init_args.model: {model!r} builds a {type(self.model).__name__}, not an image "
+                              "classifier; expected a ViT from vitkit.list_models() (other tasks have their own class)")
         self.frozen = freeze_(self.model, freeze)
         self.model.set_grad_checkpointing(grad_checkpointing)
         self.mixer = (BatchMixer(mixup, cutmix, mix_prob, label_smoothing, num_classes) if mixup > 0 or cutmix > 0

@@ -194,8 +194,27 @@ class ObjectDetector(WeightEMA, VitkitTask):
         return self.trainer is not None and self.trainer.state.fn in ("validate", "test")
 
     def _category_ids(self) -> list[int]:
-        ids = getattr(self.trainer.datamodule, "category_ids", None) if self.trainer is not None else None
-        return list(ids) if ids is not None else list(range(self.hparams.num_classes))
+        ids = self.dataset_category_ids()
+        return ids if ids is not None else list(range(self.hparams.num_classes))
+
+    def dataset_category_ids(self) -> list[int] | None:
+        """The dataset's category id of each label: the attached data module's, else the ones saved in the checkpoint
+        this task was loaded from (what `vitkit export` / `serve` use); None when neither is known."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        ids = getattr(dm, "category_ids", None)
+        if ids is None:
+            ids = getattr(self, "_saved_category_ids", None)
+        return None if ids is None else [int(i) for i in ids]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        ids = self.dataset_category_ids()
+        if ids is not None:  # COCO ids are sparse (1..90), the shapes ones start at 1: a label is not its id
+            checkpoint["category_ids"] = ids
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._saved_category_ids = checkpoint.get("category_ids")
 
     def _write_results(self) -> None:
         path = self.output_path("coco_results.json")
