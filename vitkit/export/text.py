@@ -245,8 +245,9 @@ def parity_cases(spec: TextExportSpec, task, dynamic: set[str]) -> list[tuple[st
             if spec.task == "vqa":
                 n = min(spec.extra_meta["max_len"], 6 + 3 * (seed - 3))
                 inputs += (example_ids(batch, n, spec.model.embed.vocab_size, specials, hp.pad_id, seed),)
-        cases.append(("x".join(map(str, inputs[0].shape)), inputs, g == 0))
-    return cases[:1] if not dynamic else cases
+        label = "x".join(map(str, inputs[0].shape)) + (f" q{inputs[1].shape[1]}" if len(inputs) > 1 else "")
+        cases.append((label, inputs, g == 0))
+    return cases if dynamic or spec.task != "captioning" else cases[:1]  # text lengths are always free
 
 
 @torch.no_grad()
