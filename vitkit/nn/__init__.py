@@ -15,8 +15,8 @@ from .text import PositionEmbed1d, TokenEmbed, sincos_1d_pos_embed
 
 __all__ = [
     "Attention", "KVCache", "StaticKVCache", "causal_mask", "padding_mask", "DecoderBlock", "DropPath",
-    "EncoderBlock", "LayerScale",
-    "Mlp", "AttentionPool", "QuickGELU", "make_act", "RotaryEmbedding", "apply_rope", "PatchEmbed",
+    "EncoderBlock", "LayerScale", "Mlp", "AttentionPool", "QuickGELU", "make_act", "RotaryEmbedding", "apply_rope",
+    "PatchEmbed",
     "resample_pos_embed", "sincos_2d_pos_embed", "to_2tuple", "capture_attention", "set_sdpa_backends",
     "PositionEmbed1d", "TokenEmbed", "sincos_1d_pos_embed",
 ]
