@@ -141,6 +141,9 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
         export(["--ckpt", "x.ckpt", "--format", "tflite"])
     with pytest.raises(ConfigError, match="--dynamic 'height'"):
         export(["--ckpt", "x.ckpt", "--dynamic", "height"])
+    (tmp_path / "labels.json").write_text('{"classes": ["a", "b"]}')  # some other tool's JSON
+    with pytest.raises(CheckpointError, match=r"labels\.json: found \['classes'\]; expected the metadata"):
+        ExportedModel(tmp_path / "labels.json")
 
 
 @pytest.mark.parametrize("model,patch", [("vit_small_patch16_rope_224", 8), ("vit_small_patch16_rope_mixed_224", 8),

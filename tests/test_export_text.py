@@ -186,6 +186,9 @@ def test_serve_captions_and_answers_questions(captioner, answerer, tmp_path):
         assert 0 < r.json()["prob"] <= 1
         missing = client.post("/predict", files={"file": ("s.png", png(2), "image/png")})
         assert missing.status_code == 422 and "question" in missing.text
+        latin1 = client.post("/predict", files={"file": ("s.png", png(2), "image/png"),
+                                                "question": (None, "où est le carré ?".encode("latin-1"))})
+        assert latin1.status_code == 400 and "field 'question' is not UTF-8" in latin1.text
 
 
 def test_a_captioner_on_a_timm_encoder_exports(tmp_path):

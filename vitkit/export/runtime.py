@@ -34,7 +34,15 @@ class ExportedModel:
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path}: file not found; expected the metadata `vitkit export` writes next to "
                                   f"{self.path.name}")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as err:
+            raise CheckpointError(f"{meta_path}: not JSON ({err}); expected the metadata `vitkit export` "
+                                  "writes") from err
+        if not isinstance(meta, dict) or not isinstance(meta.get("graphs"), dict) or "task" not in meta:
+            found = sorted(meta)[:8] if isinstance(meta, dict) else type(meta).__name__
+            raise CheckpointError(f"{meta_path}: found {found}; expected the metadata `vitkit export` writes (with "
+                                  "'task' and 'graphs')")
         runners = {}
         for name, graph in meta["graphs"].items():
             file = meta_path.parent / graph["file"]
@@ -68,10 +76,10 @@ class ExportedModel:
         for name, graph in graphs.items():
             meta["graphs"][name] = {"file": None, "inputs": list(graph.inputs), "outputs": graph.outputs}
             runners[name] = _eager_runner(graph.module.to(device), list(graph.inputs), torch.device(device))
-        self = cls.__new__(cls)
-        self.path = Path(path)
-        self._setup(meta, runners, getattr(task, "tokenizer", None))
-        return self
+        model = cls.__new__(cls)
+        model.path = Path(path)
+        model._setup(meta, runners, getattr(task, "tokenizer", None))
+        return model
 
     # -- preprocessing --
     def preprocess(self, images: list[Image.Image]) -> np.ndarray:
@@ -113,8 +121,10 @@ class ExportedModel:
         ids = [self.tokenizer.encode(t) for t in texts]
         for i, row in enumerate(ids):
             if len(row) > limit:
-                raise ConfigError(f"{what} {i} ({texts[i][:40]!r}...): {len(row)} tokens; the model takes at most "
-                                  f"{limit} (its max_len)")
+                shown = texts[i] if len(texts[i]) <= 40 else texts[i][:40] + "..."
+                where = what if len(texts) == 1 else f"{what} {i}"
+                raise ConfigError(f"{where} ({shown!r}): {len(row)} tokens; expected at most {limit} (the model's "
+                                  "max_len)")
         out = np.full((len(ids), max(1, max(map(len, ids)))), self.tokenizer.pad_id, np.int64)
         for i, row in enumerate(ids):
             out[i, : len(row)] = row

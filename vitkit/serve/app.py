@@ -64,11 +64,10 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, batch_timeout_ms: fl
 
 def image_upload(body: bytes, content_type: str, filename: str | None, inputs: str) -> Upload:
     """The decoded image of a request (415 if it is none) and, for VQA, its multipart field `question`."""
-    name, sent_as, data = upload_of(body, content_type, filename)
+    name, sent_as, data, fields = upload_of(body, content_type, filename)
     question = None
     if inputs == "image+question":
-        fields = parse_multipart(body, content_type) if content_type.lower().startswith("multipart/") else {}
-        question = fields.get("question", ("", "", b""))[2].decode("utf-8", "replace").strip()
+        question = _utf8(fields["question"][2], "field 'question'").strip() if "question" in fields else ""
         if not question:
             raise HTTPException(422, "a VQA model needs a non-empty multipart field 'question' next to 'file'")
     try:
@@ -97,10 +96,14 @@ def text_of(body: bytes, content_type: str) -> str:
         body = fields["text"][2]
     elif kind != "text/plain":
         raise HTTPException(415, f"content type {content_type or 'none'}; {TEXT_EXPECTED}")
+    return _utf8(body, "text")
+
+
+def _utf8(data: bytes, what: str) -> str:
     try:
-        return body.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise HTTPException(400, f"text is not UTF-8 ({err}); {TEXT_EXPECTED}") from err
+        raise HTTPException(400, f"{what} is not UTF-8 text ({err}); expected UTF-8") from err
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -116,9 +119,9 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def upload_of(body: bytes, content_type: str, filename: str | None) -> tuple[str, str, bytes]:
-    """(file name, content type it was sent as, image bytes) of a request: the multipart field `file`, or the raw
-    body of an image type."""
+def upload_of(body: bytes, content_type: str, filename: str | None) -> tuple[str, str, bytes, dict]:
+    """(file name, content type it was sent as, image bytes, every multipart field) of a request: the multipart
+    field `file`, or the raw body of an image type (no fields)."""
     if not body:
         raise HTTPException(400, f"empty request body; {EXPECTED}")
     kind = content_type.split(";")[0].strip().lower()
@@ -130,9 +133,9 @@ def upload_of(body: bytes, content_type: str, filename: str | None) -> tuple[str
         name, sent_as, data = parts["file"]
         if not data:
             raise HTTPException(400, f"field 'file' ({name}) is empty; expected the bytes of an image")
-        return filename or name, sent_as, data
+        return filename or name, sent_as, data, parts
     if kind.startswith(RAW_TYPES):
-        return filename or "upload", kind, body
+        return filename or "upload", kind, body, {}
     raise HTTPException(415, f"content type {content_type or 'none'}; {EXPECTED}")
 
 

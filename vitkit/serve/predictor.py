@@ -77,7 +77,7 @@ class RuntimePredictor:
         so that one request cannot fail the batch it would have joined)."""
         meta = self.runtime.meta
         if self.inputs == "text":
-            self.runtime.encode_texts([upload.text], meta["decoder"]["max_len"], f"{upload.name}: text")
+            self.runtime.encode_texts([upload.text], meta["decoder"]["max_len"], upload.name)
             return upload.text
         image = Image.fromarray(upload.image)
         if self.inputs == "image+question":
