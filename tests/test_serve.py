@@ -237,8 +237,11 @@ def test_segmenters_and_detectors_answer_the_same_rows_from_checkpoint_onnx_and_
         masks = [np.asarray(a["mask"]) for a in answers.values()]
         assert all((m == masks[0]).mean() > 0.999 for m in masks)  # float ties aside, one mask
     else:
-        scores = [[d["score"] for d in a["detections"]] for a in answers.values()]
-        assert all(np.allclose(s, scores[0], atol=1e-4) for s in scores)
+        first = answers["torch"]["detections"]
+        for a in answers.values():  # the same boxes, in the same order, with the same labels
+            assert [d["label"] for d in a["detections"]] == [d["label"] for d in first]
+            np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in first], atol=1e-4)
+            np.testing.assert_allclose([d["bbox"] for d in a["detections"]], [d["bbox"] for d in first], atol=1e-2)
     if task == "segmentation":  # a class per pixel of the uploaded 28x20 image
         assert np.asarray(r["mask"]).shape == (20, 28)
         assert abs(sum(r["fractions"].values()) - 1) < 1e-4
